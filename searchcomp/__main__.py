@@ -1,0 +1,5 @@
+import sys
+
+from searchcomp.cli import main
+
+sys.exit(main())

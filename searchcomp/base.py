@@ -1,0 +1,98 @@
+"""The base network every candidate starts from: loaded, or trained here once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from searchcomp.data import Splits
+from searchcomp.models import build_model, load_checkpoint
+from searchcomp.space import Space
+from searchcomp.train import evaluate, train_base
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Base:
+    """A trained base model and where it came from."""
+
+    model: nn.Module
+    source: str
+    val_accuracy: float
+    #: the cached weights file, or the checkpoint it was loaded from (None if downloaded only)
+    path: Path | None
+    cached: bool = False
+
+
+def cache_key(space: Space) -> str:
+    """Hash of everything that determines a trained base: model, data subsets, training."""
+    blob = json.dumps({"format": CACHE_FORMAT, "model": space.model.model_dump(),
+                       "data": space.data.model_dump(), "base": space.base.model_dump(),
+                       "torch": torch.__version__.split("+")[0]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(space: Space) -> Path:
+    """Where the trained base of ``space`` is cached."""
+    return Path(space.studies_dir) / "_base" / f"{space.model.arch.replace(':', '_')}-" \
+        f"{cache_key(space)}.pt"
+
+
+def obtain_base(space: Space, splits: Splits, progress: bool = True,
+                log=print) -> Base:
+    """Load or train the base network of ``space``, reusing the cache when it matches."""
+    src = space.base
+    torch.manual_seed(space.data.seed)
+    if src.source == "checkpoint":
+        model = build_model(space.model)
+        load_checkpoint(model, src.path)
+        model.eval()
+        acc = evaluate(model, splits.val)
+        log(f"base: loaded {src.path}, validation accuracy {acc:.4f}")
+        return Base(model, "checkpoint", acc, Path(src.path))
+
+    path = cache_path(space)
+    if src.source == "pretrained" and src.epochs == 0:
+        model = build_model(space.model, pretrained=True).eval()
+        acc = evaluate(model, splits.val)
+        log(f"base: torchvision pretrained {space.model.arch}, validation accuracy {acc:.4f}")
+        return Base(model, "pretrained", acc, None)
+
+    if path.is_file():
+        model = build_model(space.model)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+        meta = json.loads(path.with_suffix(".json").read_text())
+        log(f"base: reusing cached {path} (validation accuracy {meta['val_accuracy']:.4f})")
+        return Base(model, src.source, float(meta["val_accuracy"]), path, cached=True)
+
+    model = build_model(space.model, pretrained=src.source == "pretrained")
+    log(f"base: training {space.model.arch} for {src.epochs} epoch(s) on "
+        f"{splits.train.size} {space.data.dataset} images (cached afterwards in {path})")
+    t0 = time.perf_counter()
+    train_base(model, splits.train, src.epochs, src.lr, src.momentum, src.weight_decay,
+               progress=progress)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(model, splits.val)
+    log(f"base: validation accuracy {acc:.4f} after {seconds:.0f} s")
+    _save_atomic(model, path, {"val_accuracy": acc, "train_seconds": seconds,
+                               "key": cache_key(space), "space": space.file,
+                               "model": space.model.model_dump(), "data": space.data.model_dump(),
+                               "base": space.base.model_dump()})
+    return Base(model, src.source, acc, path)
+
+
+def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""`searchcomp inspect`: what a space file means, without training anything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from searchcomp.blocks import Block, find_blocks, find_head, space_size
+from searchcomp.models import build_model, input_shape
+from searchcomp.space import Space
+
+
+@dataclass
+class Overview:
+    """Blocks, their choices, the size of the search space and the base model's metrics."""
+
+    space: Space
+    blocks: list[Block]
+    head_name: str
+    head_values: tuple[str, ...]
+    space_size: int
+    base: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``inspect --json`` prints."""
+        return {
+            "space": self.space.file,
+            "study": self.space.name,
+            "model": self.space.model.arch,
+            "blocks": [{"name": b.name, "convs": list(b.convs), "choices": b.values()}
+                       for b in self.blocks],
+            "head": {"name": self.head_name, "choices": {"head": list(self.head_values)}},
+            "space_size": self.space_size,
+            "base": self.base,
+        }
+
+    def to_text(self) -> str:
+        """A readable table."""
+        s, m = self.space, self.space.model
+        stem = ", small-input stem" if m.small_input else ""
+        lines = [f"space  {s.file}  (study {s.name})",
+                 f"model  {m.arch}, {m.num_classes} classes, input {m.in_channels}x"
+                 f"{m.image_size}x{m.image_size}{stem}",
+                 f"data   {s.data.dataset}: train {s.data.train_size}, val {s.data.val_size}, "
+                 f"test {s.data.test_size} (held out)",
+                 "", f"blocks ({len(self.blocks)})"]
+        rows = [("name", "convs", "conv", "prune", "bits")]
+        for b in self.blocks:
+            v = b.values()
+            rows.append((b.name, ",".join(c.rsplit(".", 1)[-1] for c in b.convs) or "-",
+                         " ".join(v["conv"]), " ".join(f"{r:g}" for r in v["prune"]),
+                         " ".join(map(str, v["bits"]))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines += [f"head   {self.head_name}: {' '.join(self.head_values)}",
+                  f"space  {self.space_size:,} candidates ({self.space_size:.3g})", ""]
+        b = self.base
+        lines.append(f"base   params {b['params']:,}   size {b['size_mib']:.2f} MiB   "
+                     f"flops {b['flops'] / 1e6:,.1f} M   latency {b['latency_ms']:.2f} ms")
+        lines.append(f"       latency measured by {b['latency_runtime']}, batch "
+                     f"{s.measure.batch_size}, median of {s.measure.runs} runs")
+        lines.append(f"objectives  {', '.join(s.objectives)}")
+        return "\n".join(lines)
+
+
+def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -> Overview:
+    """Build the base architecture (fresh weights: sizes and latency do not depend on them),
+    find and check the blocks, and measure the base model. Trains and downloads nothing."""
+    model = build_model(space.model).eval()
+    blocks = find_blocks(model, space)
+    head_name, _ = find_head(model, space)
+
+    from searchcomp.metrics import measure
+    if progress:
+        progress(f"measuring the base model ({space.measure.runs} timed runs)...")
+    mm = space.measure
+    met = measure(model, input_shape(space.model), batch_size=mm.batch_size,
+                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
+    base = {"params": met.params, "size_mib": met.size_mib, "flops": met.flops,
+            "latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime}
+    return Overview(space, blocks, head_name, space.blocks.head,
+                    space_size(blocks, space.blocks.head), base)

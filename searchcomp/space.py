@@ -1,0 +1,491 @@
+"""The space file: YAML parsed once into frozen, validated config objects.
+
+Every error a user can make in the file (unknown key, wrong type, out-of-range value) comes
+back as one :class:`~searchcomp.errors.SpaceError` naming the file, the field and the line.
+Checks that need the model (a block glob that matches nothing, meta groups that do not divide
+a layer's channels) call :meth:`Space.error` later, which finds the line the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from searchcomp import transforms
+from searchcomp.errors import SpaceError
+
+SUPPORTED_BITS = (2, 4, 6, 8, 16, 32)
+DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder")
+#: channel count of each built-in dataset, to catch a model that cannot read it
+DATASET_CHANNELS = {"cifar10": 3, "cifar100": 3, "mnist": 1, "fashion_mnist": 1, "digits": 1}
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimize",
+              "latency_ms": "minimize", "flops": "minimize"}
+CHOICES = ("conv", "prune", "bits")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The network: a torchvision architecture by name or a user factory ``pkg.mod:fn``."""
+
+    arch: str = "resnet50"
+    num_classes: int = Field(10, ge=2)
+    in_channels: int = Field(3, ge=1)
+    image_size: int = Field(32, ge=8, le=1024)
+    #: 3x3 stride-1 stem and no max-pool, as ResNets on CIFAR use
+    small_input: bool = True
+    #: extra keyword arguments for a factory (or the torchvision constructor)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        if ":" in v:
+            if not _FACTORY.match(v):
+                raise ValueError(f"factory {v!r} must look like 'package.module:function'")
+            return v
+        from torchvision import models
+
+        known = models.list_models(module=models)
+        if v not in known:
+            resnets = ", ".join(n for n in known if n.startswith("resnet"))
+            raise ValueError(f"unknown torchvision architecture {v!r} (e.g. {resnets}); "
+                             "or give a factory 'package.module:function'")
+        return v
+
+
+class DataConfig(_Strict):
+    """Which images, and the deterministic train / validation / test subsets drawn from them."""
+
+    dataset: Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder"]
+    #: where the files are (or are downloaded to); for ``folder``, the image folder itself
+    root: str | None = None
+    train_size: int = Field(5000, ge=1)
+    val_size: int = Field(1000, ge=1)
+    test_size: int = Field(2000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
+    #: fetch torchvision-format archives when they are missing (needs internet)
+    download: bool = True
+
+    @model_validator(mode="after")
+    def _root(self) -> DataConfig:
+        if self.dataset == "folder" and not self.root:
+            raise ValueError("dataset 'folder' needs 'root': the image folder path")
+        return self
+
+
+class BaseSourceConfig(_Strict):
+    """Where the trained base network comes from."""
+
+    source: Literal["train", "pretrained", "checkpoint"] = "train"
+    #: checkpoint file (a state_dict, or a dict holding one under 'state_dict' or 'model')
+    path: str | None = None
+    #: epochs of training here (``train``), or of transfer fine-tuning after ``pretrained``
+    epochs: int = Field(5, ge=0)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+    @model_validator(mode="after")
+    def _path(self) -> BaseSourceConfig:
+        if self.source == "checkpoint" and not self.path:
+            raise ValueError("source 'checkpoint' needs 'path': the checkpoint file")
+        if self.source == "train" and self.epochs < 1:
+            raise ValueError("source 'train' needs epochs >= 1")
+        return self
+
+
+class ChoiceSet(_Strict):
+    """Allowed values of each per-block choice; a missing key keeps the layer as it is."""
+
+    conv: tuple[str, ...] | None = None
+    prune: tuple[float, ...] | None = None
+    bits: tuple[int, ...] | None = None
+
+    @field_validator("conv", "prune", "bits", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if v is None or isinstance(v, (list, tuple)):
+            return v
+        return [v]
+
+    @field_validator("conv", "prune", "bits")
+    @classmethod
+    def _nonempty(cls, v: tuple | None) -> tuple | None:
+        if v is not None:
+            if not v:
+                raise ValueError("list of values must not be empty")
+            if len(set(v)) != len(v):
+                raise ValueError(f"values repeat: {list(v)}")
+        return v
+
+    @field_validator("conv")
+    @classmethod
+    def _conv(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for value in v or ():
+            name, _ = transforms.parse_value(value)
+            if name != transforms.KEEP and name not in transforms.names("conv"):
+                raise ValueError(f"{name!r} is not a conv choice; conv choices: "
+                                 f"{', '.join([transforms.KEEP, *transforms.names('conv')])}")
+        return v
+
+    @field_validator("prune")
+    @classmethod
+    def _prune(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for r in v or ():
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"prune ratio {r} must be in [0, 1): the share of a block's "
+                                 "filters to remove")
+        return v
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        for b in v or ():
+            if b not in SUPPORTED_BITS:
+                raise ValueError(f"bit width {b} is not supported; use one of "
+                                 f"{', '.join(map(str, SUPPORTED_BITS))} (32 = float)")
+        return v
+
+    def merged(self, other: ChoiceSet) -> ChoiceSet:
+        """This set with every choice ``other`` defines replaced by ``other``'s values."""
+        return ChoiceSet(**{k: getattr(other, k) if getattr(other, k) is not None
+                            else getattr(self, k) for k in CHOICES})
+
+
+class BlocksConfig(_Strict):
+    """Which modules are blocks, and what may be tried on each."""
+
+    #: ``auto`` = every residual block (torchvision BasicBlock/Bottleneck); else globs on names
+    select: str | tuple[str, ...] = "auto"
+    default: ChoiceSet = ChoiceSet()
+    #: glob on block names -> choices that replace the defaults for matching blocks
+    per_block: dict[str, ChoiceSet] = Field(default_factory=dict)
+    #: classifier choices: ``keep`` or ``meta:G``
+    head: tuple[str, ...] = ("keep",)
+    #: the classifier module; ``auto`` = the last nn.Linear
+    head_module: str = "auto"
+    #: pruning keeps channel counts at multiples of this (and of meta/conv3d arguments)
+    prune_round_to: int = Field(1, ge=1)
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _select(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("list of values must not be empty")
+        for value in v:
+            name, arg = transforms.parse_value(value.replace("meta:", "meta_head:", 1)
+                                               if value.startswith("meta:") else value)
+            if name not in (transforms.KEEP, "meta_head"):
+                raise ValueError(f"head choice {value!r} must be 'keep' or 'meta:G'")
+        return v
+
+
+class DistillConfig(_Strict):
+    """Loss = alpha * CE(y, student) + (1 - alpha) * T^2 * KL(teacher/T || student/T)."""
+
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+
+class FinetuneConfig(_Strict):
+    """The short fine-tune each candidate gets."""
+
+    epochs: float = Field(1.0, gt=0)
+    #: if set, a fixed number of optimizer steps instead of epochs
+    steps: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    loss: Literal["distill", "ce"] = "distill"
+    distill: DistillConfig = DistillConfig()
+    #: calibration batches for local fits and the Taylor criterion
+    calib_batches: int = Field(2, ge=1)
+    prune_criterion: Literal["l1", "taylor"] = "l1"
+    #: stop a trial whose validation accuracy part-way is below this floor
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    #: fraction of the fine-tune after which ``min_accuracy`` is checked
+    check_at: float = Field(0.5, gt=0, lt=1)
+
+
+class ConstraintsConfig(_Strict):
+    """Limits a feasible candidate must meet; infeasible ones rank behind feasible ones."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    max_params: int | None = Field(None, ge=1)
+    max_size_mib: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+
+
+class MeasureConfig(_Strict):
+    """How latency is measured: on the deployed model, fixed threads, median of many runs."""
+
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    runs: int = Field(30, ge=30)
+    warmup: int = Field(5, ge=1)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+
+
+class SearchConfig(_Strict):
+    """The search driver's settings (the command line may override them)."""
+
+    trials: int = Field(50, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    sampler: Literal["nsga2", "nsga3", "tpe", "gp", "random"] = "nsga2"
+    seed: int = 0
+    #: Optuna storage URL; default ``sqlite:///<studies_dir>/<name>/study.db``
+    storage: str | None = None
+    #: uniform configurations tried first, e.g. ``{conv: separable}`` or ``{bits: 8}``
+    seed_configs: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("seed_configs")
+    @classmethod
+    def _seeds(cls, v: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for cfg in v:
+            unknown = set(cfg) - {*CHOICES, "head"}
+            if unknown:
+                raise ValueError(f"seed config keys must be among conv, prune, bits, head; "
+                                 f"got {sorted(unknown)}")
+        return v
+
+
+class Space(_Strict):
+    """A whole space file, validated. Build it with :func:`load_space`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    base: BaseSourceConfig = BaseSourceConfig()
+    blocks: BlocksConfig = BlocksConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    objectives: tuple[str, ...] = ("accuracy", "size_mib", "latency_ms")
+    constraints: ConstraintsConfig = ConstraintsConfig()
+    measure: MeasureConfig = MeasureConfig()
+    search: SearchConfig = SearchConfig()
+    #: overrides (``dotted.key: value``) that ``--quick`` applies
+    quick: dict[str, Any] = Field(default_factory=dict)
+    #: where studies and cached base models are written
+    studies_dir: str = "studies"
+
+    # Not fields: where the space came from, to point errors at lines.
+    _file: str = ""
+    _lines: dict[tuple, int] = {}
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one objective is needed")
+        for o in v:
+            if o not in OBJECTIVES:
+                raise ValueError(f"unknown objective {o!r}; use any of {', '.join(OBJECTIVES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives repeat: {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Space:
+        want = DATASET_CHANNELS.get(self.data.dataset)
+        if want is not None and self.model.in_channels != want:
+            raise ValueError(f"model.in_channels is {self.model.in_channels} but "
+                             f"{self.data.dataset} images have {want} channel(s)")
+        return self
+
+    @property
+    def file(self) -> str:
+        """The space file this came from."""
+        return self._file
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions of the objectives, in order."""
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def line_of(self, field: str) -> int | None:
+        """The line of ``field`` (dotted) in the file, or of its nearest present parent."""
+        return _line_of(self._lines, _split_field(field))
+
+    def error(self, field: str, message: str) -> SpaceError:
+        """A SpaceError for ``field`` with the file and line filled in (raise it)."""
+        return SpaceError(message, file=self._file, field=field, line=self.line_of(field))
+
+    def study_dir(self) -> Path:
+        """Folder of this space's study: weights of trials, reports."""
+        return Path(self.studies_dir) / self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _split_field(field: str) -> tuple:
+    parts: list[Any] = []
+    for p in field.split("."):
+        parts.append(int(p) if p.isdigit() else p)
+    return tuple(parts)
+
+
+def _line_of(lines: dict[tuple, int], path: tuple) -> int | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def _compose_lines(text: str) -> dict[tuple, int]:
+    """Map every key path of the YAML document to its 1-based line."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                lines[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"data.train_size=2000"`` -> ``("data.train_size", 2000)`` (value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.match(r"^[A-Za-z_][\w]*(\.[\w*?\[\]-]+)*$", key):
+        raise SpaceError(f"--set needs key=value with a dotted key, got {text!r}",
+                         file="--set", field=key or None)
+    try:
+        return key, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise SpaceError(f"value is not valid YAML: {e}", file="--set", field=key) from None
+
+
+def _apply_override(data: dict, key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise SpaceError(f"cannot set {key}: {'.'.join(parts[:i + 1])} is not a mapping",
+                             file=origin, field=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+               quick: bool = False) -> Space:
+    """Read, override and validate a space file.
+
+    ``overrides`` are ``key=value`` strings as given to ``--set``; ``quick`` applies the file's
+    own ``quick:`` overrides first (``--set`` wins over them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError("file not found" if not path.exists() else "not a file",
+                         file=str(path))
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = _compose_lines(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpaceError(f"not valid YAML: {getattr(e, 'problem', e)}", file=str(path),
+                         line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise SpaceError("the space file must be a YAML mapping (key: value lines)",
+                         file=str(path), line=1)
+
+    origins: dict[tuple, str] = {}
+    if quick:
+        q = data.get("quick") or {}
+        if not isinstance(q, dict):
+            raise SpaceError("quick must be a mapping of dotted keys to values", file=str(path),
+                             field="quick", line=lines.get(("quick",)))
+        for key, value in q.items():
+            _apply_override(data, str(key), value, str(path))
+    for text_override in overrides:
+        key, value = parse_override(text_override)
+        _apply_override(data, key, value, "--set")
+        origins[_split_field(key)] = "--set"
+
+    try:
+        space = Space.model_validate(data)
+    except ValidationError as e:
+        raise _to_space_error(e, str(path), lines, origins) from None
+    except ValueError as e:  # raised by a validator outside pydantic's wrapping
+        raise SpaceError(str(e), file=str(path)) from None
+    space._file = str(path)
+    space._lines = lines
+    return space
+
+
+def _to_space_error(e: ValidationError, file: str, lines: dict[tuple, int],
+                    origins: dict[tuple, str]) -> SpaceError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    # Pydantic adds union member names ('str', 'tuple[...]') to loc; keep only real keys.
+    known = [p for i, p in enumerate(loc) if isinstance(p, int) or not _is_type_tag(p)]
+    path = tuple(known)
+    field = ".".join(str(p) for p in path) or "(top level)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key {path[-1]!r}" + _did_you_mean(e, path)
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+        msg = f"{msg} (got {err['input']!r})"
+    for p, origin in origins.items():
+        if path[:len(p)] == p:
+            return SpaceError(msg, file=origin, field=field)
+    return SpaceError(msg, file=file, field=field, line=_line_of(lines, path))
+
+
+def _is_type_tag(p: Any) -> bool:
+    return isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "dict"}
+                                   or p.startswith("function-"))
+
+
+def _did_you_mean(e: ValidationError, path: tuple) -> str:
+    import difflib
+
+    model: Any = Space
+    for p in path[:-1]:
+        if isinstance(p, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(p)
+        ann = getattr(field, "annotation", None)
+        if ann is None or not hasattr(ann, "model_fields"):
+            return ""
+        model = ann
+    options = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(path[-1]), options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (allowed: {', '.join(options)})" if options else hint
