@@ -301,14 +301,6 @@ class Space(_Strict):
             raise ValueError(f"objectives repeat: {list(v)}")
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Space:
-        want = DATASET_CHANNELS.get(self.data.dataset)
-        if want is not None and self.model.in_channels != want:
-            raise ValueError(f"model.in_channels is {self.model.in_channels} but "
-                             f"{self.data.dataset} images have {want} channel(s)")
-        return self
-
     @property
     def file(self) -> str:
         """The space file this came from."""
@@ -442,6 +434,10 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise SpaceError(str(e), file=str(path)) from None
     space._file = str(path)
     space._lines = lines
+    want = DATASET_CHANNELS.get(space.data.dataset)
+    if want is not None and space.model.in_channels != want:
+        raise space.error("model.in_channels", f"is {space.model.in_channels} but "
+                          f"{space.data.dataset} images have {want} channel(s)")
     return space
 
 

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny spaces and models, all offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+TINY_SPACE = """\
+name: tiny
+model:
+  arch: resnet18
+  num_classes: 10
+  in_channels: 1
+  image_size: 8
+data:
+  dataset: digits
+  train_size: 300
+  val_size: 100
+  test_size: 100
+  batch_size: 50
+base:
+  source: train
+  epochs: 1
+blocks:
+  default:
+    conv: [keep, separable, meta:4]
+    prune: [0.0, 0.5]
+    bits: [32, 8]
+  head: [keep, meta:2]
+measure:
+  runs: 30
+  warmup: 2
+"""
+
+
+@pytest.fixture
+def tiny_space_file(tmp_path: Path) -> Path:
+    """A ResNet-18 on 8x8 scikit-learn digits space, with studies under tmp_path."""
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY_SPACE + f"studies_dir: {tmp_path / 'studies'}\n")
+    return p
