@@ -1,0 +1,72 @@
+"""Finding blocks, their conv layers and the values each may take."""
+
+from __future__ import annotations
+
+import pytest
+
+from searchcomp.blocks import find_blocks, find_head, space_size
+from searchcomp.errors import SpaceError
+from searchcomp.models import build_model
+from searchcomp.space import load_space
+
+from .conftest import TINY_SPACE
+
+
+def _space(tmp_path, text):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return load_space(p)
+
+
+def test_resnet18_blocks_and_convs(tmp_path):
+    s = _space(tmp_path, TINY_SPACE)
+    m = build_model(s.model)
+    blocks = find_blocks(m, s)
+    assert [b.name for b in blocks] == [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)]
+    assert blocks[0].convs == ("layer1.0.conv1", "layer1.0.conv2")
+    assert blocks[0].values() == {"conv": ["keep", "separable", "meta:4"], "prune": [0.0, 0.5],
+                                  "bits": [32, 8]}
+    assert find_head(m, s)[0] == "fc"
+    assert space_size(blocks, s.blocks.head) == (3 * 2 * 2) ** 8 * 2
+
+
+def test_resnet50_has_16_bottlenecks_with_conv2(tmp_path):
+    s = _space(tmp_path, TINY_SPACE.replace("resnet18", "resnet50"))
+    blocks = find_blocks(build_model(s.model), s)
+    assert len(blocks) == 16
+    assert all(b.convs == (f"{b.name}.conv2",) for b in blocks)
+
+
+def test_per_block_overrides_merge_and_unset_choices_are_neutral(tmp_path):
+    text = TINY_SPACE.replace("    bits: [32, 8]\n", "").replace(
+        "  head: [keep, meta:2]",
+        "  per_block:\n    'layer4.*': {prune: [0.0]}\n  head: [keep, meta:2]")
+    s = _space(tmp_path, text)
+    blocks = {b.name: b for b in find_blocks(build_model(s.model), s)}
+    assert blocks["layer4.1"].values()["prune"] == [0.0]
+    assert blocks["layer1.0"].values()["prune"] == [0.0, 0.5]
+    assert blocks["layer1.0"].values()["bits"] == [32]
+    assert blocks["layer4.1"].origin["prune"] == "blocks.per_block.layer4.*.prune"
+
+
+def test_glob_selection_on_a_factory_model(tmp_path):
+    text = TINY_SPACE.replace("arch: resnet18", "arch: tests.tiny_factory:tiny_cnn").replace(
+        "  default:", "  select: ['0', '1']\n  per_block:\n    '0': {conv: [keep]}\n  default:"
+    ).replace("meta:4]", "meta:8]")
+    s = _space(tmp_path, text)
+    m = build_model(s.model)
+    blocks = find_blocks(m, s)
+    assert [b.name for b in blocks] == ["0", "1"]
+    assert blocks[1].convs == ("1.0",)
+    assert find_head(m, s)[0] == "4"
+    # meta:8 cannot split the 1-channel input of block 0: the message says so
+    bad = _space(tmp_path, text.replace("    '0': {conv: [keep]}\n", "    '1': {bits: [8]}\n"))
+    with pytest.raises(SpaceError, match="meta:8 cannot apply to 0.0: .*1 input"):
+        find_blocks(build_model(bad.model), bad)
+
+
+def test_auto_on_non_residual_model_asks_for_globs(tmp_path):
+    s = _space(tmp_path, TINY_SPACE.replace("arch: resnet18", "arch: tests.tiny_factory:tiny_cnn"))
+    with pytest.raises(SpaceError, match="no residual blocks") as e:
+        find_blocks(build_model(s.model), s)
+    assert e.value.field == "blocks.select"
