@@ -53,7 +53,7 @@ class Overview:
                          " ".join(map(str, v["bits"]))))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines += [f"head   {self.head_name}: {' '.join(self.head_values)}",
                   f"space  {self.space_size:,} candidates ({self.space_size:.3g})", ""]
         b = self.base

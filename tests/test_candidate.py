@@ -1,0 +1,97 @@
+"""Recipes and builds: every choice composes inside a block; the base is never touched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from searchcomp.blocks import find_blocks, find_head
+from searchcomp.candidate import Recipe, build, uniform_recipe
+from searchcomp.errors import ChoiceError
+from searchcomp.metrics import count_params, size_mib
+from searchcomp.models import build_model
+from searchcomp.space import load_space
+from searchcomp.transforms.meta import MetaConv2d, MetaLinear
+from searchcomp.transforms.quant import weight_bits
+from searchcomp.transforms.separable import SeparableConv2d
+
+
+@pytest.fixture
+def setup(tiny_space_file):
+    space = load_space(tiny_space_file)
+    base = build_model(space.model).eval()
+    blocks = find_blocks(base, space)
+    head, _ = find_head(base, space)
+    return space, base, blocks, head
+
+
+def test_mixed_recipe_builds_runs_and_leaves_base_alone(setup):
+    space, base, blocks, head = setup
+    before = copy.deepcopy(base.state_dict())
+    recipe = Recipe({"layer1.0": {"conv": "separable", "prune": 0.5, "bits": 8},
+                     "layer2.1": {"conv": "meta:4", "prune": 0.5},
+                     "layer4.0": {"bits": 4}}, head="meta:2")
+    x = torch.randn(16, 1, 8, 8)
+    built = build(base, recipe, blocks, head, x)
+    m = built.model
+    assert m(x).shape == (16, 10)
+    assert isinstance(m.layer1[0].conv2, SeparableConv2d)
+    assert m.layer1[0].conv1.pointwise.out_channels == 32  # pruned to half, then swapped
+    assert isinstance(m.layer2[1].conv1, MetaConv2d)
+    assert isinstance(m.fc, MetaLinear)
+    assert weight_bits(m.layer1[0].conv2.pointwise) == 8
+    assert weight_bits(m.layer4[0].conv1) == 4 and weight_bits(m.layer3[0].conv1) == 32
+    assert set(built.init_errors) == {"layer1.0.conv1", "layer1.0.conv2", "layer2.1.conv1",
+                                      "layer2.1.conv2", "fc"}
+    assert all(0 <= e < 2 for e in built.init_errors.values())
+    assert built.pruned["layer1.0"]["conv1"] == (64, 32)
+    assert count_params(m) < count_params(base)
+    assert size_mib(m) < size_mib(base)
+    # fine-tunable: gradients reach every trainable tensor
+    m.train()
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    # the base is untouched
+    after = base.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_base_recipe_is_identity(setup):
+    _, base, blocks, head = setup
+    x = torch.randn(4, 1, 8, 8)
+    r = Recipe()
+    assert r.is_base()
+    built = build(base, r, blocks, head, x)
+    assert torch.equal(built.model(x), base(x))
+
+
+def test_recipe_round_trip_and_summary(setup):
+    _, _, blocks, _ = setup
+    r = Recipe({"layer1.0": {"conv": "separable", "prune": 0.0, "bits": 8}}, head="meta:2")
+    d = r.to_dict()
+    assert d == {"blocks": {"layer1.0": {"conv": "separable", "bits": 8}}, "head": "meta:2"}
+    assert Recipe.from_dict(d).to_dict() == d
+    names = [b.name for b in blocks]
+    assert r.summary(names).startswith("conv S....... prune ........ bits 8.......")
+    u = uniform_recipe(blocks, conv="separable", bits=4)  # 4 bits not allowed: left out
+    assert all(u.choice(b.name, "conv") == "separable" and u.choice(b.name, "bits") == 32
+               for b in blocks)
+    with pytest.raises(ChoiceError, match="unknown choices"):
+        Recipe.from_dict({"blocks": {"layer1.0": {"width": 3}}})
+
+
+def test_pruning_rounds_for_grouped_replacement(setup):
+    _, base, blocks, head = setup
+    # 0.1 of 64 would leave 58, which meta:4 cannot split; build keeps a multiple of 4
+    built = build(base, Recipe({"layer1.0": {"conv": "meta:4", "prune": 0.1}}), blocks, head,
+                  torch.randn(4, 1, 8, 8))
+    assert built.pruned["layer1.0"]["conv1"][1] % 4 == 0
+
+
+def test_unknown_block_in_recipe(setup):
+    _, base, blocks, head = setup
+    with pytest.raises(ChoiceError, match="not searchable"):
+        build(base, Recipe({"layer9.0": {"bits": 8}}), blocks, head, torch.randn(2, 1, 8, 8))

@@ -1,0 +1,49 @@
+"""The command line: inspect on the shipped spaces and on a tiny one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from searchcomp.cli import main
+
+from .conftest import ROOT
+
+
+def test_inspect_resnet50_json_lists_16_blocks_and_23_5m_params(capsys):
+    assert main(["inspect", str(ROOT / "spaces" / "resnet50.yaml"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["blocks"]) == 16
+    assert all(set(b) >= {"name", "choices"} for b in out["blocks"])
+    assert out["blocks"][0]["choices"]["conv"][0] == "keep"
+    assert round(out["base"]["params"] / 1e6, 1) == 23.5
+    assert out["base"]["size_mib"] > 80
+    assert out["base"]["flops"] > 0 and out["base"]["latency_ms"] > 0
+    assert isinstance(out["space_size"], int) and out["space_size"] > 10**20
+    assert "torch" in out["base"]["latency_runtime"]
+
+
+def test_inspect_fashion_text_works_offline(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "searchcomp", "inspect",
+                        str(ROOT / "spaces" / "resnet18-fashion.yaml")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "blocks (8)" in r.stdout and "layer4.1" in r.stdout
+    assert "params 11,172,810" in r.stdout
+    assert not (tmp_path / "studies").exists(), "inspect must not train or write anything"
+
+
+def test_inspect_with_set_and_quick(tiny_space_file, capsys):
+    assert main(["inspect", str(tiny_space_file), "--json", "--set",
+                 "blocks.default.bits=[32, 8, 4]"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["blocks"][0]["choices"]["bits"] == [32, 8, 4]
+    assert out["space_size"] == (3 * 2 * 3) ** 8 * 2
+    assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]}}
+
+
+def test_bad_set_exits_2(tiny_space_file, capsys):
+    assert main(["inspect", str(tiny_space_file), "--set", "data.val_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set: data.val_size:")
