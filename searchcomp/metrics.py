@@ -153,7 +153,8 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: in
         finally:
             torch.set_num_threads(old)
         version = torch.__version__.split("+")[0]
-        name = f"torch {version} eager, cpu, {str(dtype).removeprefix('torch.')}, {threads} threads"
+        name = (f"torch {version} eager, cpu, {str(dtype).removeprefix('torch.')}, "
+                f"{_threads(threads)}")
     else:
         times, name = _ort_times(m, x, threads, runs, warmup)
     return LatencyResult(latency_ms=statistics.median(times), runtime=name, runs=runs,
@@ -192,7 +193,11 @@ def _ort_times(m: nn.Module, x: torch.Tensor, threads: int, runs: int,
         sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x.numpy()}
     times = _time(lambda: sess.run(None, feed), runs, warmup)
-    return times, f"onnxruntime {ort.__version__} CPUExecutionProvider, {threads} threads"
+    return times, f"onnxruntime {ort.__version__} CPUExecutionProvider, {_threads(threads)}"
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 @dataclass

@@ -114,7 +114,7 @@ def test_latency(runtime, word):
     r = metrics.latency_ms(m, (3, 16, 16), runs=10, warmup=2, runtime=runtime, threads=1)
     assert r.runs >= 30 and r.threads == 1 and r.batch_size == 1
     assert r.latency_ms > 0 and r.p90_ms >= r.latency_ms
-    assert r.runtime.startswith(word) and "1 threads" in r.runtime
+    assert r.runtime.startswith(word) and "1 thread" in r.runtime
     assert torch.get_num_threads() == threads
 
 
