@@ -30,7 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
+
+    p = sub.add_parser("run", help="run (or resume) the search: trials until --trials are done")
+    _add_space(p)
+    _add_study(p)
+    p.add_argument("--trials", type=int, help="finished trials wanted in the study in total")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
+    p.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "gp", "random"])
+    p.add_argument("--seed", type=int, help="sampler and trial seed")
+    p.add_argument("--quick", action="store_true",
+                   help="small subsets and short fine-tunes (the space's quick: section)")
+    p.add_argument("--strategy", choices=["search", "greedy"], default="search",
+                   help="search: multi-objective Optuna (default); greedy: the source's rule")
+    p.add_argument("--threshold", type=float, default=0.70,
+                   help="greedy: keep a swap if validation accuracy >= this (default 0.70)")
+    p.add_argument("--quiet", action="store_true", help="no bars, one line per trial")
+
+    p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
+    _add_space(p)
+    _add_study(p)
+    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
+    _add_space(p)
+    _add_study(p)
+    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
+    p.add_argument("--port", type=int, default=8080)
     return parser
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (default: sqlite under studies/<study>/)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the space's name)")
 
 
 def _version() -> str:
@@ -55,11 +88,55 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from searchcomp.search.api import run_search
+    from searchcomp.space import load_space
+
+    space = load_space(args.space, args.overrides, quick=args.quick)
+    if args.trials is not None and args.trials < 1:
+        raise SearchcompError("--trials must be >= 1")
+    try:
+        summary = run_search(space, trials=args.trials, timeout_s=args.timeout,
+                             storage=args.storage, study_name=args.study, sampler=args.sampler,
+                             seed=args.seed, strategy=args.strategy, threshold=args.threshold,
+                             quiet=args.quiet, log=_stderr)
+    except KeyboardInterrupt:
+        _stderr("interrupted: finished trials are kept; run the same command to continue")
+        return 130
+    _stderr(f"done: {summary.ran} trial(s) run now, {summary.done} finished in study "
+            f"{summary.study} ({summary.storage})")
+    extra = "".join(f" --{k} {v}" for k, v in (("study", args.study), ("storage", args.storage))
+                    if v)
+    quick = " --quick" if args.quick else ""
+    _stderr(f"next: searchcomp front {args.space}{quick}{extra}")
+    return 0
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    from searchcomp.results import load_results
+    from searchcomp.space import load_space
+
+    space = load_space(args.space, args.overrides, quick=args.quick)
+    res = load_results(space, storage=args.storage, study_name=args.study)
+    print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from searchcomp.dashboard import serve
+    from searchcomp.space import load_space
+
+    space = load_space(args.space, args.overrides, quick=args.quick)
+    serve(space, port=args.port, storage=args.storage, study_name=args.study, log=_stderr)
+    return 0
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-COMMANDS = {"inspect": _cmd_inspect}
+COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "front": _cmd_front,
+            "dashboard": _cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

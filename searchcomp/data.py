@@ -85,6 +85,11 @@ class Batches:
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
+    def reseeded(self, seed: int) -> Batches:
+        """The same images with their own shuffling seed (for one trial's fine-tune)."""
+        return Batches(self.x, self.y, self.batch_size, self.mean.flatten(), self.std.flatten(),
+                       shuffle=self.shuffle, seed=seed)
+
     @property
     def size(self) -> int:
         """Number of images."""

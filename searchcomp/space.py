@@ -253,6 +253,10 @@ class SearchConfig(_Strict):
     seed: int = 0
     #: Optuna storage URL; default ``sqlite:///<studies_dir>/<name>/study.db``
     storage: str | None = None
+    #: NSGA-II/III population; default: trials // 4, between 4 and 50
+    population_size: int | None = Field(None, ge=2)
+    #: a running trial's heartbeat; a trial silent for 2x this is failed and run again
+    heartbeat_s: int = Field(30, ge=1)
     #: uniform configurations tried first, e.g. ``{conv: separable}`` or ``{bits: 8}``
     seed_configs: tuple[dict[str, Any], ...] = ()
 

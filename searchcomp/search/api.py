@@ -1,0 +1,66 @@
+"""`searchcomp run` as a function: prepare, open the study, seed it, search (or go greedy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from searchcomp.search.greedy import run_greedy
+from searchcomp.search.runner import Searcher, enqueue_seeds
+from searchcomp.search.study import done_trials, open_study, resolve_storage
+from searchcomp.search.trial import prepare
+from searchcomp.space import Space
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    study: str
+    storage: str
+    ran: int
+    done: int
+    greedy: dict[str, Any] | None = None
+
+
+def run_search(space: Space, *, trials: int | None = None, timeout_s: float | None = None,
+               storage: str | None = None, study_name: str | None = None,
+               sampler: str | None = None, seed: int | None = None, strategy: str = "search",
+               threshold: float = 0.70, quiet: bool = False,
+               log: Callable[[str], None] = print) -> RunSummary:
+    """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
+    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead."""
+    n = trials or space.search.trials
+    name = study_name or space.name
+    ctx = prepare(space, progress=not quiet, log=log, study_name=name)
+    b = ctx.base_metrics
+    log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
+        f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']})")
+    study = open_study(space, storage=storage, study_name=name, sampler=sampler, seed=seed,
+                       n_trials=n)
+    study.set_user_attr("base", b)
+    study.set_user_attr("objectives", list(space.objectives))
+    study.set_user_attr("space", space.file)
+    study.set_user_attr("blocks", ctx.block_names)
+    study.set_user_attr("head_name", ctx.head_name)
+    url = resolve_storage(space, storage, name)
+    searcher = Searcher(ctx, study, seed=space.search.seed if seed is None else seed,
+                        quiet=quiet, strategy=strategy)
+    if strategy == "greedy":
+        before = len(done_trials(study))
+        greedy = run_greedy(searcher, threshold)
+        kept = ", ".join(greedy["kept"]) or "none"
+        log(f"greedy: kept separable on {len(greedy['kept'])} block(s): {kept}; "
+            f"result trial {greedy['result_trial']}")
+        return RunSummary(name, url, len(done_trials(study)) - before, len(done_trials(study)),
+                          greedy)
+    queued = enqueue_seeds(study, ctx)
+    if queued:
+        log(f"queued {queued} seed trial(s): the base and the uniform configurations")
+    done = len(done_trials(study))
+    if done >= n:
+        log(f"study {name} already has {done} finished trials (>= {n}); "
+            "raise --trials to run more")
+    ran = searcher.run(n, timeout_s if timeout_s is not None else space.search.timeout_s)
+    return RunSummary(name, url, ran, len(done_trials(study)))

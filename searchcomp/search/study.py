@@ -1,0 +1,138 @@
+"""The Optuna study behind a search: storage, sampler, constraints, and what counts as done."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchcomp.errors import SearchcompError
+from searchcomp.space import Space
+
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+#: user attribute set on a trial whose failure is its own result (not an interruption)
+COUNTED = "counted"
+
+
+def default_storage(space: Space, study_name: str | None = None) -> str:
+    """``sqlite:///<studies_dir>/<study>/study.db``, creating the folder."""
+    folder = Path(space.studies_dir) / (study_name or space.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'study.db'}"
+
+
+def resolve_storage(space: Space, storage: str | None = None,
+                    study_name: str | None = None) -> str:
+    """The storage URL in force: ``--storage``, else the space's, else the default file."""
+    return storage or space.search.storage or default_storage(space, study_name)
+
+
+def make_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; database URLs get heartbeats so that trials left running
+    by a killed process are failed after 2 heartbeats and run again."""
+    if url.startswith(("sqlite:", "postgresql", "mysql")):
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    engine_kwargs={"pool_pre_ping": True})
+        except Exception as e:  # bad URL, missing driver, unreachable server
+            raise SearchcompError(f"--storage: cannot open {url}: {e}") from None
+    if url.endswith((".log", ".journal")) or url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:").removeprefix("///")
+        return JournalStorage(JournalFileBackend(path))
+    raise SearchcompError(f"--storage: {url!r} is not a database URL (sqlite:///file.db, "
+                          "postgresql://...) nor a journal file (journal:path.log)")
+
+
+def make_sampler(name: str, seed: int, n_trials: int, population: int | None
+                 ) -> optuna.samplers.BaseSampler:
+    """The sampler called ``name``. Constraints reach NSGA-II/III, TPE and GP through
+    ``trial.set_constraint`` (the random sampler ignores them)."""
+    pop = population or max(4, min(50, n_trials // 4))
+    startup = min(10, max(2, n_trials // 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                              n_startup_trials=startup)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SearchcompError(f"--sampler: unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def open_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+               sampler: str | None = None, seed: int | None = None,
+               n_trials: int | None = None, load_only: bool = False) -> optuna.Study:
+    """Create or load the study of ``space`` (the same command resumes the same study)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    name = study_name or space.name
+    url = resolve_storage(space, storage, name)
+    if load_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise SearchcompError(f"no study yet: {url[len('sqlite:///'):]} does not exist; run "
+                              f"'searchcomp run {space.file}' first")
+    store = make_storage(url, space.search.heartbeat_s)
+    if load_only:
+        try:
+            return optuna.load_study(study_name=name, storage=store)
+        except KeyError:
+            raise SearchcompError(f"no study named {name!r} in {url}; run "
+                                  f"'searchcomp run {space.file}' first") from None
+    s = space.search
+    smp = make_sampler(sampler or s.sampler, s.seed if seed is None else seed,
+                       n_trials or s.trials, s.population_size)
+    try:
+        study = optuna.create_study(storage=store, study_name=name, sampler=smp,
+                                    directions=space.directions, load_if_exists=True)
+    except ValueError as e:  # existing study with other directions
+        raise SearchcompError(f"study {name!r} in {url} exists with other objectives: {e}; "
+                              "use --study NAME for a new one") from None
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
+                                  else optuna.study.StudyDirection.MINIMIZE
+                                  for d in space.directions]:
+        raise SearchcompError(f"study {name!r} in {url} was created with other objectives; "
+                              "use --study NAME for a new one")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(space.objectives))
+    return study
+
+
+def is_done(t: FrozenTrial) -> bool:
+    """Finished for good: complete, pruned, or failed for its own reasons (not interrupted)."""
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
+
+
+def done_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that count toward ``--trials``."""
+    return [t for t in study.get_trials(deepcopy=False) if is_done(t)]
+
+
+def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A finished trial's stored results as one plain dict."""
+    a = t.user_attrs
+    row = {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"),
+           "summary": a.get("summary"), "strategy": a.get("strategy", "search"),
+           "tag": a.get("tag"), "feasible": a.get("feasible", True)}
+    for k in ("accuracy", "params", "size_mib", "latency_ms", "flops", "latency_runtime",
+              "weights", "finetune_seconds", "max_init_error", "fail_reason"):
+        if k in a:
+            row[k] = a[k]
+    return row
