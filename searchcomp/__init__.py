@@ -8,6 +8,8 @@ Typical use from Python::
     print(sc.inspect_space(space).to_text())
 """
 
+__version__ = "0.1.0"
+
 from searchcomp.blocks import Block, find_blocks, find_head
 from searchcomp.candidate import Built, Recipe, build
 from searchcomp.data import Splits, load_splits

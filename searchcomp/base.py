@@ -33,11 +33,35 @@ class Base:
 
 
 def cache_key(space: Space) -> str:
-    """Hash of everything that determines a trained base: model, data subsets, training."""
-    blob = json.dumps({"format": CACHE_FORMAT, "model": space.model.model_dump(),
-                       "data": space.data.model_dump(), "base": space.base.model_dump(),
-                       "torch": torch.__version__.split("+")[0]}, sort_keys=True, default=str)
+    """Hash of everything that determines a trained base: the model (and a factory's source
+    file), the training data subsets, the training settings and the library versions. The test
+    subset, fine-tune and search settings do not change the base and are left out."""
+    import torchvision
+
+    from searchcomp import __version__
+
+    data = space.data.model_dump(exclude={"test_size", "download"})
+    blob = json.dumps({"format": CACHE_FORMAT, "model": space.model.model_dump(), "data": data,
+                       "base": space.base.model_dump(), "factory": _factory_digest(space),
+                       "torch": torch.__version__.split("+")[0],
+                       "torchvision": torchvision.__version__.split("+")[0],
+                       "searchcomp": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _factory_digest(space: Space) -> str | None:
+    """Hash of a factory model's source file, so editing the model retrains the base."""
+    if ":" not in space.model.arch:
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(space.model.arch.split(":")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
 
 
 def cache_path(space: Space) -> Path:
@@ -49,8 +73,13 @@ def cache_path(space: Space) -> Path:
 def obtain_base(space: Space, splits: Splits, progress: bool = True,
                 log=print) -> Base:
     """Load or train the base network of ``space``, reusing the cache when it matches."""
+    with torch.random.fork_rng():
+        torch.manual_seed(space.data.seed)
+        return _obtain(space, splits, progress, log)
+
+
+def _obtain(space: Space, splits: Splits, progress: bool, log) -> Base:
     src = space.base
-    torch.manual_seed(space.data.seed)
     if src.source == "checkpoint":
         model = build_model(space.model)
         load_checkpoint(model, src.path)
@@ -66,7 +95,7 @@ def obtain_base(space: Space, splits: Splits, progress: bool = True,
         log(f"base: torchvision pretrained {space.model.arch}, validation accuracy {acc:.4f}")
         return Base(model, "pretrained", acc, None)
 
-    if path.is_file():
+    if path.is_file() and path.with_suffix(".json").is_file():
         model = build_model(space.model)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()

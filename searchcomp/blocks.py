@@ -94,12 +94,54 @@ def find_blocks(model: nn.Module, space: Space) -> list[Block]:
     for n in names:
         cs, origin = per[n]
         blocks.append(Block(n, spatial_convs(model.get_submodule(n), n), cs, origin))
-    _check_conv_choices(model, blocks, space)
+    pmap = _prune_map(model, blocks, space)
+    _check_conv_choices(model, blocks, space, pmap)
+    _check_seed_configs(blocks, space)
     return blocks
 
 
-def _check_conv_choices(model: nn.Module, blocks: list[Block], space: Space) -> None:
+def _check_seed_configs(blocks: list[Block], space: Space) -> None:
+    """A seed configuration must be possible somewhere, or it would silently be the base."""
+    for i, cfg in enumerate(space.search.seed_configs):
+        for k, v in cfg.items():
+            if k == "head":
+                if v not in space.blocks.head:
+                    raise space.error(f"search.seed_configs.{i}", f"head {v!r} is not among "
+                                      f"blocks.head {list(space.blocks.head)}")
+            elif not any(v in getattr(b.choices, k) for b in blocks):
+                raise space.error(f"search.seed_configs.{i}", f"{k} {v!r} is not allowed on any "
+                                  "block; add it to blocks.default or blocks.per_block")
+
+
+def _prune_map(model: nn.Module, blocks: list[Block], space: Space
+               ) -> dict[str, dict[str, list[str]]]:
+    """Which convs pruning shrinks in each block; rejects prune values on blocks where nothing
+    can be pruned without touching the residual path or other blocks."""
+    import torch
+
+    from searchcomp.models import input_shape
+    from searchcomp.transforms.prune import prune_map
+
+    wanted = {b.name: model.get_submodule(b.name) for b in blocks if any(b.choices.prune)}
+    if not wanted:
+        return {}
+    pmap = prune_map(model, wanted, torch.zeros(1, *input_shape(space.model)))
     for b in blocks:
+        if b.name in pmap and not pmap[b.name]:
+            raise space.error(b.origin["prune"], f"block {b.name} has no conv whose filters "
+                              "can be removed inside it (every conv feeds the residual path or "
+                              "another block); allow only prune 0.0 there")
+    return pmap
+
+
+def _check_conv_choices(model: nn.Module, blocks: list[Block], space: Space,
+                        pmap: dict[str, dict[str, list[str]]]) -> None:
+    """Every conv value must apply to every target conv, also with the block pruned by each
+    allowed ratio (pruning runs first and keeps multiples of the value's argument)."""
+    from searchcomp.transforms.prune import n_remove
+
+    for b in blocks:
+        shrinks = pmap.get(b.name, {})
         for value in b.choices.conv:
             name, arg = transforms.parse_value(value)
             if name == transforms.KEEP:
@@ -108,11 +150,28 @@ def _check_conv_choices(model: nn.Module, blocks: list[Block], space: Space) -> 
                 raise space.error(b.origin["conv"], f"{value}: block {b.name} has no spatial "
                                   "conv to replace")
             t = transforms.get(name)
-            for conv_name in b.convs:
-                why = t.check(model.get_submodule(conv_name), arg)
-                if why:
-                    raise space.error(b.origin["conv"], f"{value} cannot apply to "
-                                      f"{conv_name}: {why}")
+            round_to = math.lcm(space.blocks.prune_round_to, arg) if name in (
+                "meta", "conv3d") and arg else space.blocks.prune_round_to
+            for ratio in b.choices.prune:
+                for conv_name in b.convs:
+                    conv = model.get_submodule(conv_name)
+                    c_in, c_out = conv.in_channels, conv.out_channels
+                    if ratio:
+                        if conv_name in shrinks:
+                            c_out -= n_remove(ratio, c_out, round_to)
+                        for producer, consumers in shrinks.items():
+                            if conv_name in consumers:
+                                src = model.get_submodule(producer).out_channels
+                                c_in -= n_remove(ratio, src, round_to)
+                    probe = conv if (c_in, c_out) == (conv.in_channels, conv.out_channels) \
+                        else nn.Conv2d(c_in, c_out, conv.kernel_size, conv.stride, conv.padding,
+                                       conv.dilation, bias=conv.bias is not None,
+                                       padding_mode=conv.padding_mode, device="meta")
+                    why = t.check(probe, arg)
+                    if why:
+                        when = f" when the block is pruned by {ratio:g}" if ratio else ""
+                        raise space.error(b.origin["conv"], f"{value} cannot apply to "
+                                          f"{conv_name}{when}: {why}")
 
 
 def head_value(value: str) -> tuple[str, int | None]:

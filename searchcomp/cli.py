@@ -77,9 +77,7 @@ def _version() -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from searchcomp.overview import inspect_space
-    from searchcomp.space import load_space
-
-    space = load_space(args.space, args.overrides, quick=args.quick)
+    space = _load(args)
     report = inspect_space(space, progress=None if args.json else _stderr)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -90,9 +88,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from searchcomp.search.api import run_search
-    from searchcomp.space import load_space
-
-    space = load_space(args.space, args.overrides, quick=args.quick)
+    space = _load(args)
     if args.trials is not None and args.trials < 1:
         raise SearchcompError("--trials must be >= 1")
     try:
@@ -114,9 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_front(args: argparse.Namespace) -> int:
     from searchcomp.results import load_results
-    from searchcomp.space import load_space
-
-    space = load_space(args.space, args.overrides, quick=args.quick)
+    space = _load(args)
     res = load_results(space, storage=args.storage, study_name=args.study)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
     return 0
@@ -124,11 +118,21 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from searchcomp.dashboard import serve
-    from searchcomp.space import load_space
-
-    space = load_space(args.space, args.overrides, quick=args.quick)
+    space = _load(args)
     serve(space, port=args.port, storage=args.storage, study_name=args.study, log=_stderr)
     return 0
+
+
+_LOADED: dict = {}
+
+
+def _load(args: argparse.Namespace):
+    """Load the space the command names; later errors that name a field get its line."""
+    from searchcomp.space import load_space
+
+    space = load_space(args.space, args.overrides, quick=getattr(args, "quick", False))
+    _LOADED["space"] = space
+    return space
 
 
 def _stderr(msg: str) -> None:
@@ -146,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SearchcompError as e:
+        space = _LOADED.get("space")
+        if space is not None:
+            e = space.located(e)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

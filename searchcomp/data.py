@@ -119,15 +119,16 @@ def load_splits(data: DataConfig, model: ModelConfig) -> Splits:
     if pools.test_y is not None:
         n_classes = max(n_classes, int(pools.test_y.max()) + 1)
     if n_classes > model.num_classes:
-        raise DataError(f"{data.dataset} has {n_classes} classes but model.num_classes is "
-                        f"{model.num_classes}")
+        raise DataError(f"is {model.num_classes} but {data.dataset} has {n_classes} classes",
+                        field="model.num_classes")
     g = np.random.default_rng(data.seed)
     need = data.train_size + data.val_size
     if pools.test_x is None:  # one pool (digits, a folder without train/test): cut all three
         need += data.test_size
     if need > len(pools.train_y):
-        raise DataError(f"data.train_size + data.val_size{' + data.test_size' if pools.test_x is None else ''} "
-                        f"= {need} exceed the {len(pools.train_y)} images of {data.dataset}")
+        sizes = "train_size + val_size" + (" + test_size" if pools.test_x is None else "")
+        raise DataError(f"{sizes} = {need} exceed the {len(pools.train_y)} images of "
+                        f"{data.dataset}", field="data.train_size")
     order = torch.from_numpy(g.permutation(len(pools.train_y)))
     val_idx = order[:data.val_size]
     train_idx = order[data.val_size:data.val_size + data.train_size]
@@ -136,8 +137,8 @@ def load_splits(data: DataConfig, model: ModelConfig) -> Splits:
         test_x, test_y = pools.train_x[test_idx], pools.train_y[test_idx]
     else:
         if data.test_size > len(pools.test_y):
-            raise DataError(f"data.test_size {data.test_size} exceeds the "
-                            f"{len(pools.test_y)} test images of {data.dataset}")
+            raise DataError(f"{data.test_size} exceeds the {len(pools.test_y)} test images of "
+                            f"{data.dataset}", field="data.test_size")
         t = torch.from_numpy(np.random.default_rng(data.seed + 1).permutation(len(pools.test_y)))
         test_idx = t[:data.test_size]
         test_x, test_y = pools.test_x[test_idx], pools.test_y[test_idx]
@@ -171,7 +172,7 @@ def load_pools(data: DataConfig, in_channels: int) -> Pools:
     if data.dataset in _CIFAR:
         return _load_cifar(data.dataset, root, data.download)
     if data.dataset in _IDX:
-        return _load_idx(data.dataset, root, data.download)
+        return _load_idx(data.dataset, root, data.download, explicit=bool(data.root))
     if data.dataset == "digits":
         return _load_digits()
     return _load_folder(root, in_channels)
@@ -187,7 +188,8 @@ def _load_cifar(name: str, root: Path, download: bool) -> Pools:
         _download(lambda: _fetch_archive(url, root, md5), name, url, root, folder)
     if not base.is_dir():
         raise DataError(f"{name} not found: expected {base}/ (the extracted {Path(url).name}). "
-                        f"Download {url} and extract it into {root}, or set data.root")
+                        f"Download {url} and extract it into {root}, or set data.root",
+                        field="data.dataset")
 
     def read(fname: str) -> tuple[torch.Tensor, torch.Tensor]:
         path = base / fname
@@ -215,8 +217,8 @@ def _download(fetch, name: str, url: str, root: Path, folder: str) -> None:
         fetch()
     except Exception as e:  # any network or archive failure: explain where files go
         raise DataError(f"{name}: download from {url} failed ({e}). Offline? Put the files "
-                        f"under {root / folder} (or set data.root), or data.download: false"
-                        ) from None
+                        f"under {root / folder} (or set data.root), or data.download: false",
+                        field="data.dataset") from None
 
 
 # --- MNIST-format (idx.gz) --------------------------------------------------------------------
@@ -237,33 +239,36 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _idx_dirs(name: str, root: Path) -> list[Path]:
+def _idx_dirs(name: str, root: Path, explicit: bool = True) -> list[Path]:
     folder, _ = _IDX[name]
-    dirs = [root / folder / "raw", root / folder, root]
+    # MNIST and Fashion-MNIST files have the same names: a bare folder is only searched when
+    # the user pointed data.root at it
+    dirs = [root / folder / "raw", root / folder] + ([root] if explicit else [])
     if name == "fashion_mnist":
         dirs += [root / "fashion-mnist", DEBIAN_FASHION]
     return dirs
 
 
-def _find_idx(name: str, root: Path) -> Path | None:
-    for d in _idx_dirs(name, root):
+def _find_idx(name: str, root: Path, explicit: bool = True) -> Path | None:
+    for d in _idx_dirs(name, root, explicit):
         if all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in _IDX_FILES):
             return d
     return None
 
 
-def _load_idx(name: str, root: Path, download: bool) -> Pools:
+def _load_idx(name: str, root: Path, download: bool, explicit: bool) -> Pools:
     folder, mirror = _IDX[name]
-    where = _find_idx(name, root)
+    where = _find_idx(name, root, explicit)
     if where is None and download:
         target = root / folder / "raw"
         _download(lambda: _fetch_idx(mirror, target), name, mirror, root, f"{folder}/raw")
-        where = _find_idx(name, root)
+        where = _find_idx(name, root, explicit)
     if where is None:
         hint = " (or: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
-        raise DataError(f"{name} not found: looked in {', '.join(map(str, _idx_dirs(name, root)))}"
+        raise DataError(f"{name} not found: looked in "
+                        f"{', '.join(map(str, _idx_dirs(name, root, explicit)))}"
                         f". Put {', '.join(f + '.gz' for f in _IDX_FILES)} in "
-                        f"{root / folder / 'raw'}{hint}, or set data.root")
+                        f"{root / folder / 'raw'}{hint}, or set data.root", field="data.dataset")
 
     def read(f: str) -> np.ndarray:
         p = where / f
@@ -295,9 +300,13 @@ def _load_digits() -> Pools:
 
 def _load_folder(root: Path, in_channels: int) -> Pools:
     if not root.is_dir():
-        raise DataError(f"data.root: image folder {root} not found")
+        raise DataError(f"image folder {root} not found", field="data.root")
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+        if test_classes != classes:
+            raise DataError(f"{root}/train and {root}/test must hold the same class folders; "
+                            f"train has {classes}, test has {test_classes}", field="data.root")
         tx, ty = _read_folder(root / "train", classes, in_channels)
         vx, vy = _read_folder(root / "test", classes, in_channels)
         return Pools(tx, ty, vx, vy)
@@ -314,14 +323,18 @@ def _read_folder(root: Path, classes: list[str], in_channels: int
     from PIL import Image
 
     if not classes:
-        raise DataError(f"data.root: {root} has no class subfolders (expected root/<class>/*.png)")
+        raise DataError(f"{root} has no class subfolders (expected root/<class>/*.png)",
+                        field="data.root")
     xs, ys = [], []
     size = None
     for label, cls in enumerate(classes):
         for p in sorted((root / cls).iterdir()):
             if p.suffix.lower() not in _IMAGE_EXT:
                 continue
-            img = Image.open(p).convert("L" if in_channels == 1 else "RGB")
+            try:
+                img = Image.open(p).convert("L" if in_channels == 1 else "RGB")
+            except OSError as e:
+                raise DataError(f"cannot read image {p}: {e}", field="data.root") from None
             size = size or img.size
             if img.size != size:
                 img = img.resize(size)
@@ -329,5 +342,5 @@ def _read_folder(root: Path, classes: list[str], in_channels: int
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(label)
     if not xs:
-        raise DataError(f"data.root: no images found under {root}")
+        raise DataError(f"no images found under {root}", field="data.root")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long)

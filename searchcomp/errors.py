@@ -4,9 +4,17 @@ from __future__ import annotations
 
 
 class SearchcompError(Exception):
-    """Base class for every error caused by the user's input, not by a bug."""
+    """Base class for every error caused by the user's input, not by a bug.
+
+    ``field`` (dotted, e.g. ``model.arch``) names the space-file field at fault, so the
+    command line can add the file and line (see :meth:`searchcomp.space.Space.located`).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SpaceError(SearchcompError):
@@ -15,18 +23,18 @@ class SpaceError(SearchcompError):
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
                  line: int | None = None) -> None:
         self.file = file
-        self.field = field
         self.line = line
         self.detail = message
-        super().__init__(self._format())
+        super().__init__(self._format_where(file, field, line, message), field=field)
 
-    def _format(self) -> str:
-        where = self.file or "<space>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.field:
-            where += f": {self.field}"
-        return f"{where}: {self.detail}"
+    @staticmethod
+    def _format_where(file: str | None, field: str | None, line: int | None, msg: str) -> str:
+        where = file or "<space>"
+        if line is not None:
+            where += f":{line}"
+        if field:
+            where += f": {field}"
+        return f"{where}: {msg}"
 
 
 class DataError(SearchcompError):

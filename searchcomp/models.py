@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +34,37 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     return model
 
 
-def _from_factory(cfg: ModelConfig) -> nn.Module:
-    mod_name, fn_name = cfg.arch.split(":")
+def _import_factory(arch: str):
+    """Import ``pkg.mod:fn``; the current directory is searched too, as with ``python -m``."""
+    mod_name, fn_name = arch.split(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
+        return getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise SearchcompError(f"model.arch: cannot import {cfg.arch!r}: {e}") from None
+        raise SearchcompError(f"cannot import {arch!r}: {e}", field="model.arch") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
+def _from_factory(cfg: ModelConfig) -> nn.Module:
+    fn = _import_factory(cfg.arch)
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in (("num_classes", cfg.num_classes), ("in_channels", cfg.in_channels)):
         if key in params or accepts_any:
             kwargs.setdefault(key, value)
-    model = fn(**kwargs)
+    try:
+        model = fn(**kwargs)
+    except TypeError as e:
+        raise SearchcompError(f"{cfg.arch} does not accept these arguments: {e}",
+                              field="model.kwargs") from None
     if not isinstance(model, nn.Module):
-        raise SearchcompError(f"model.arch: {cfg.arch} returned {type(model).__name__}, "
-                              "not a torch.nn.Module")
+        raise SearchcompError(f"{cfg.arch} returned {type(model).__name__}, "
+                              "not a torch.nn.Module", field="model.arch")
     return model
 
 
@@ -55,11 +72,17 @@ def _from_torchvision(cfg: ModelConfig, pretrained: bool) -> nn.Module:
     from torchvision import models
 
     kwargs = dict(cfg.kwargs)
+    try:
+        if pretrained:
+            model = models.get_model(cfg.arch, weights=None, **kwargs)
+        else:
+            model = models.get_model(cfg.arch, weights=None, num_classes=cfg.num_classes,
+                                     **kwargs)
+    except (TypeError, ValueError) as e:
+        raise SearchcompError(f"torchvision {cfg.arch} does not accept these arguments: {e}",
+                              field="model.kwargs") from None
     if pretrained:
-        model = models.get_model(cfg.arch, weights=None, **kwargs)
         model.load_state_dict(_pretrained_state(cfg.arch))
-    else:
-        model = models.get_model(cfg.arch, weights=None, num_classes=cfg.num_classes, **kwargs)
     _adapt_stem(model, cfg)
     if pretrained:
         _adapt_classifier(model, cfg.num_classes)
@@ -76,17 +99,18 @@ def _pretrained_state(arch: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # urllib raises several kinds when offline
         raise SearchcompError(
             f"cannot load pretrained weights for {arch}: {e}. Offline? Download {weights.url} "
-            f"and put it at {cached}, or use base.source 'train' or 'checkpoint'") from None
+            f"and put it at {cached}, or use base.source 'train' or 'checkpoint'",
+            field="base.source") from None
 
 
 def _adapt_stem(model: nn.Module, cfg: ModelConfig) -> None:
     conv = getattr(model, "conv1", None)
     if not isinstance(conv, nn.Conv2d):
-        if cfg.small_input and not cfg.arch.startswith(("resnet", "wide_resnet", "resnext")):
-            return  # other families keep their stem; small_input only rewires ResNets
+        # other families keep their stem: small_input only rewires ResNet-style models
         if cfg.in_channels != 3:
-            raise SearchcompError(f"model.in_channels {cfg.in_channels}: cannot adapt the stem "
-                                  f"of {cfg.arch}; use a factory model")
+            raise SearchcompError(f"is {cfg.in_channels}, but searchcomp adapts the stem of "
+                                  f"ResNet-style models only, not {cfg.arch}; use a factory "
+                                  "model 'package.module:function'", field="model.in_channels")
         return
     k, s, p = (3, 1, 1) if cfg.small_input else (conv.kernel_size[0], conv.stride, conv.padding)
     if conv.in_channels == cfg.in_channels and not cfg.small_input:
@@ -132,25 +156,44 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a state_dict file (or a dict holding one) into ``model``, strictly."""
     path = Path(path)
     if not path.is_file():
-        raise SearchcompError(f"base.path: checkpoint {path} not found")
+        raise SearchcompError(f"checkpoint {path} not found", field="base.path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SearchcompError(f"base.path: cannot read checkpoint {path}: {e}") from None
+        raise SearchcompError(f"cannot read checkpoint {path}: {e}", field="base.path") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict):
-        raise SearchcompError(f"base.path: {path} holds no state_dict")
+        raise SearchcompError(f"{path} holds no state_dict", field="base.path")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
     try:
         model.load_state_dict(obj)
     except RuntimeError as e:
         first = str(e).splitlines()[:4]
-        raise SearchcompError(f"base.path: {path} does not fit model.arch: "
-                              + " ".join(s.strip() for s in first)) from None
+        raise SearchcompError(f"{path} does not fit model.arch: "
+                              + " ".join(s.strip() for s in first), field="base.path") from None
+
+
+def check_forward(model: nn.Module, cfg: ModelConfig) -> None:
+    """Run one input through ``model`` so a size mismatch fails here, with a clear message."""
+    shape = input_shape(cfg)
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(torch.zeros(1, *shape))
+            model.train(was)
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0]
+        raise SearchcompError(f"{cfg.arch} cannot run on {shape[0]}x{shape[1]}x{shape[2]} "
+                              f"inputs: {msg}", field="model.image_size") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, cfg.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SearchcompError(f"is {cfg.num_classes} but the model's output is {got}",
+                              field="model.num_classes")
 
 
 def input_shape(cfg: ModelConfig) -> tuple[int, int, int]:

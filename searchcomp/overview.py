@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from searchcomp.blocks import Block, find_blocks, find_head, space_size
-from searchcomp.models import build_model, input_shape
+from searchcomp.models import build_model, check_forward, input_shape
 from searchcomp.space import Space
 
 
@@ -69,6 +69,7 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
     """Build the base architecture (fresh weights: sizes and latency do not depend on them),
     find and check the blocks, and measure the base model. Trains and downloads nothing."""
     model = build_model(space.model).eval()
+    check_forward(model, space.model)
     blocks = find_blocks(model, space)
     head_name, _ = find_head(model, space)
 

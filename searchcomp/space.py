@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from searchcomp import transforms
-from searchcomp.errors import SpaceError
+from searchcomp.errors import SearchcompError, SpaceError
 
 SUPPORTED_BITS = (2, 4, 6, 8, 16, 32)
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder")
@@ -268,6 +268,9 @@ class SearchConfig(_Strict):
             if unknown:
                 raise ValueError(f"seed config keys must be among conv, prune, bits, head; "
                                  f"got {sorted(unknown)}")
+            ChoiceSet(**{k: [cfg[k]] for k in CHOICES if k in cfg})  # same value checks
+            if "head" in cfg:
+                BlocksConfig(head=[cfg["head"]])
         return v
 
 
@@ -292,6 +295,7 @@ class Space(_Strict):
     # Not fields: where the space came from, to point errors at lines.
     _file: str = ""
     _lines: dict[tuple, int] = {}
+    _overridden: tuple[str, ...] = ()
 
     @field_validator("objectives")
     @classmethod
@@ -320,8 +324,23 @@ class Space(_Strict):
         return _line_of(self._lines, _split_field(field))
 
     def error(self, field: str, message: str) -> SpaceError:
-        """A SpaceError for ``field`` with the file and line filled in (raise it)."""
+        """A SpaceError for ``field`` with the file and line filled in (raise it); a field
+        that ``--set`` gave is blamed on ``--set``."""
+        path = _split_field(field)
+        for key in self._overridden:
+            k = _split_field(key)
+            if path[:len(k)] == k or k[:len(path)] == path:
+                return SpaceError(message, file="--set", field=field)
         return SpaceError(message, file=self._file, field=field, line=self.line_of(field))
+
+    def located(self, e: SearchcompError) -> SearchcompError:
+        """``e`` with this file and the line of its field, when it names one."""
+        if isinstance(e, SpaceError) or not e.field:
+            return e
+        msg = str(e)
+        if msg.startswith(e.field + ": "):
+            msg = msg[len(e.field) + 2:]
+        return self.error(e.field, msg)
 
     def study_dir(self) -> Path:
         """Folder of this space's study: weights of trials, reports."""
@@ -371,8 +390,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"data.train_size=2000"`` -> ``("data.train_size", 2000)`` (value parsed as YAML)."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key or not re.match(r"^[A-Za-z_][\w]*(\.[\w*?\[\]-]+)*$", key):
-        raise SpaceError(f"--set needs key=value with a dotted key, got {text!r}",
+    if not sep or not key or not re.match(r'^[A-Za-z_]\w*(\.([\w*?\[\]-]+|"[^"]+"))*$', key):
+        raise SpaceError(f"--set needs key=value with a dotted key (quote a key holding dots: "
+                         f'blocks.per_block."layer1.*".prune=[0.0]), got {text!r}',
                          file="--set", field=key or None)
     try:
         return key, yaml.safe_load(value) if value.strip() else None
@@ -380,8 +400,13 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SpaceError(f"value is not valid YAML: {e}", file="--set", field=key) from None
 
 
+def _key_parts(key: str) -> list[str]:
+    """Split a dotted key; a double-quoted part may hold dots: ``a."layer1.*".b``."""
+    return [p.strip('"') for p in re.findall(r'"[^"]+"|[^.]+', key)]
+
+
 def _apply_override(data: dict, key: str, value: Any, origin: str) -> None:
-    parts = key.split(".")
+    parts = _key_parts(key)
     node = data
     for i, p in enumerate(parts[:-1]):
         child = node.get(p)
@@ -405,7 +430,10 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if not path.is_file():
         raise SpaceError("file not found" if not path.exists() else "not a file",
                          file=str(path))
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"cannot read the file: {e}", file=str(path)) from None
     try:
         data = yaml.safe_load(text)
         lines = _compose_lines(text)
@@ -428,7 +456,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     for text_override in overrides:
         key, value = parse_override(text_override)
         _apply_override(data, key, value, "--set")
-        origins[_split_field(key)] = "--set"
+        origins[tuple(int(p) if p.isdigit() else p for p in _key_parts(key))] = "--set"
 
     try:
         space = Space.model_validate(data)
@@ -438,6 +466,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise SpaceError(str(e), file=str(path)) from None
     space._file = str(path)
     space._lines = lines
+    space._overridden = tuple(".".join(map(str, p)) for p in origins)
     want = DATASET_CHANNELS.get(space.data.dataset)
     if want is not None and space.model.in_channels != want:
         raise space.error("model.in_channels", f"is {space.model.in_channels} but "
@@ -463,7 +492,7 @@ def _to_space_error(e: ValidationError, file: str, lines: dict[tuple, int],
     elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
         msg = f"{msg} (got {err['input']!r})"
     for p, origin in origins.items():
-        if path[:len(p)] == p:
+        if path[:len(p)] == p or (path and p[:len(path)] == path):
             return SpaceError(msg, file=origin, field=field)
     return SpaceError(msg, file=file, field=field, line=_line_of(lines, path))
 

@@ -22,10 +22,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    model.train(was_training)
+    try:
+        for x, y in batches:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
     return correct / max(total, 1)
 
 

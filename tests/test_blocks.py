@@ -53,6 +53,11 @@ def test_glob_selection_on_a_factory_model(tmp_path):
     text = TINY_SPACE.replace("arch: resnet18", "arch: tests.tiny_factory:tiny_cnn").replace(
         "  default:", "  select: ['0', '1']\n  per_block:\n    '0': {conv: [keep]}\n  default:"
     ).replace("meta:4]", "meta:8]")
+    # in this plain CNN every conv feeds the next block: nothing is prunable inside a block
+    with pytest.raises(SpaceError, match="block 0 has no conv whose filters can be removed"):
+        s = _space(tmp_path, text)
+        find_blocks(build_model(s.model), s)
+    text = text.replace("prune: [0.0, 0.5]", "prune: [0.0]")
     s = _space(tmp_path, text)
     m = build_model(s.model)
     blocks = find_blocks(m, s)
@@ -70,3 +75,15 @@ def test_auto_on_non_residual_model_asks_for_globs(tmp_path):
     with pytest.raises(SpaceError, match="no residual blocks") as e:
         find_blocks(build_model(s.model), s)
     assert e.value.field == "blocks.select"
+
+
+def test_conv_choices_are_checked_against_pruned_shapes(tmp_path):
+    # BasicBlock conv2 keeps 64 outputs but its input shrinks with conv1: conv3d:2 needs
+    # D/s = 32 <= C, which fails once 0.75 of conv1's 64 filters are gone (C = 16)
+    text = TINY_SPACE.replace("conv: [keep, separable, meta:4]", "conv: [keep, conv3d:2]")
+    s = _space(tmp_path, text.replace("prune: [0.0, 0.5]", "prune: [0.0, 0.75]"))
+    with pytest.raises(SpaceError, match=r"conv3d:2 cannot apply to layer1.0.conv2 when the "
+                                         r"block is pruned by 0.75"):
+        find_blocks(build_model(s.model), s)
+    ok = _space(tmp_path, text)  # at 0.5, C = 32 = D/s: fine
+    assert len(find_blocks(build_model(ok.model), ok)) == 8

@@ -64,6 +64,25 @@ def test_size_matches_file_quantized(tmp_path):
     assert 5.5 < ratio < 7.5
 
 
+@pytest.mark.parametrize("bits", [2, 4, 6])
+def test_size_matches_file_for_a_tiny_compressed_model(tmp_path, bits):
+    """Where the file format's per-tensor overhead matters: a few hundred KiB in all."""
+    from searchcomp.transforms import get
+
+    m = resnet18()
+    x = torch.randn(4, 3, 16, 16)
+    for blk in (m.layer1, m.layer2, m.layer3, m.layer4):
+        for b in blk:
+            for name in ("conv1", "conv2"):
+                setattr(b, name, get("separable").apply(getattr(b, name), None, None).module)
+            quantize_module(b, bits)
+    m.fc = get("meta_head").apply(m.fc, 2, None).module
+    assert m(x).shape == (4, 10)
+    nbytes = save_packed(m, tmp_path / "t.pt")
+    assert nbytes < 2 * MIB
+    assert metrics.size_mib(m) == pytest.approx(nbytes / MIB, rel=0.02)
+
+
 def test_pack_unpack_round_trip_exact(tmp_path):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.Conv2d(5, 7, 1),

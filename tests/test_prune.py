@@ -203,12 +203,12 @@ def test_unknown_block_and_criterion_raise():
 def test_round_to_keeps_multiples():
     from torchvision.models import resnet18
 
-    from searchcomp.transforms.prune import _n_remove, prune_blocks
+    from searchcomp.transforms.prune import n_remove, prune_blocks
 
-    assert _n_remove(0.1, 64) == 6
-    assert _n_remove(0.1, 64, round_to=8) == 8  # keep 56, not 58
-    assert _n_remove(0.5, 64, round_to=8) == 32
-    assert _n_remove(0.99, 64, round_to=8) == 56  # at least round_to remain
+    assert n_remove(0.1, 64) == 6
+    assert n_remove(0.1, 64, round_to=8) == 8  # keep 56, not 58
+    assert n_remove(0.5, 64, round_to=8) == 32
+    assert n_remove(0.99, 64, round_to=8) == 56  # at least round_to remain
     m = resnet18(num_classes=10)
     out = prune_blocks(m, {"layer1.0": 0.1}, torch.randn(1, 3, 32, 32), round_to={"layer1.0": 8})
     assert out["layer1.0"]["conv1"] == (64, 56)

@@ -27,6 +27,8 @@ from searchcomp.space import Space
 from searchcomp.train import evaluate
 
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
+#: images whose activations drive local fits and init errors (more costs build time)
+CALIB_IMAGES = 64
 
 
 @dataclass
@@ -86,11 +88,12 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     head_name, _ = find_head(base.model, space)
     n_calib = space.finetune.calib_batches
     grad_batches = []
-    for i, batch in enumerate(splits.train):
+    # a fresh copy: the base's training advanced the shared one's epoch (cached or not)
+    for i, batch in enumerate(splits.train.reseeded(space.data.seed)):
         if i >= n_calib:
             break
         grad_batches.append(batch)
-    calib = torch.cat([x for x, _ in grad_batches])[:256]
+    calib = torch.cat([x for x, _ in grad_batches])[:CALIB_IMAGES]
     mm = space.measure
     met = measure(base.model, input_shape(space.model), batch_size=mm.batch_size,
                   threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from searchcomp.errors import ChoiceError
 from searchcomp.transforms import register
 from searchcomp.transforms.base import Applied, Transform
-from searchcomp.transforms.fit import default_inputs, fit_local
+from searchcomp.transforms.fit import default_inputs, fit_local, layer_error
 
 #: above this many unfolded input features (C*kh*kw) the exact least-squares init would need
 #: a Gram matrix too large to be worth it, and the weight-space init is used instead
-LS_MAX_FEATURES = 4608
+LS_MAX_FEATURES = 1200  # C <= 133 for 3x3 kernels; the solve grows as (C*k*k)^3
 
 
 class ChannelConv3d(nn.Module):
@@ -179,9 +179,9 @@ class Conv3dTransform(Transform):
             raise ChoiceError(reason)
         x = default_inputs(layer) if inputs is None else inputs
         new = ChannelConv3d.from_conv(layer, arg)
-        if layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1] <= LS_MAX_FEATURES:
-            _data_init(new, layer, x)
-        else:
-            _weight_space_init(new, layer)
         new.train(layer.training)
+        if layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1] <= LS_MAX_FEATURES:
+            _data_init(new, layer, x)  # the exact optimum on x: a local fit cannot improve it
+            return Applied(new, layer_error(layer, new, x))
+        _weight_space_init(new, layer)
         return Applied(new, fit_local(new, layer, x, steps=self.fit_steps))

@@ -82,6 +82,28 @@ def _prunable(dg: tp.DependencyGraph, model: nn.Module, block: nn.Module) -> lis
     return out
 
 
+def prune_map(model: nn.Module, blocks: dict[str, nn.Module], example_inputs: Any
+              ) -> dict[str, dict[str, list[str]]]:
+    """Per block: each prunable conv (full name) -> the convs whose inputs shrink with it.
+
+    One dependency graph for all blocks; used to check choices before any trial runs.
+    """
+    dg = _build_graph(model, example_inputs)
+    names = {id(m): n for n, m in model.named_modules()}
+    out: dict[str, dict[str, list[str]]] = {}
+    for bname, block in blocks.items():
+        entry: dict[str, list[str]] = {}
+        for conv in _prunable(dg, model, block):
+            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
+            consumers = [names[id(dep.target.module)] for dep, _ in group
+                         if dg.is_in_channel_pruning_fn(dep.handler)
+                         and isinstance(dep.target.module, nn.Conv2d)
+                         and id(dep.target.module) in names]
+            entry[names[id(conv)]] = consumers
+        out[bname] = entry
+    return out
+
+
 def prunable_convs(model: nn.Module, block: nn.Module, example_inputs: Any) -> list[nn.Conv2d]:
     """The convs of ``block`` whose filters can be removed without touching anything outside it.
 
@@ -96,7 +118,7 @@ def prunable_convs(model: nn.Module, block: nn.Module, example_inputs: Any) -> l
     return _prunable(dg, model, block)
 
 
-def _n_remove(ratio: float, channels: int, round_to: int = 1) -> int:
+def n_remove(ratio: float, channels: int, round_to: int = 1) -> int:
     """Filters to remove: round(ratio * channels), keeping at least one (or ``round_to``)
     and, when ``channels`` allows it, a multiple of ``round_to`` channels (so a grouped
     replacement of the pruned conv still divides them)."""
@@ -249,7 +271,7 @@ def prune_blocks(model: nn.Module, ratios: dict[str, float], example_inputs: Any
         rel = {id(m): n for n, m in block.named_modules()}
         plan[name] = [(rel[id(c)], c) for c in _prunable(dg, model, block)]
     todo = [c for name in plan for _, c in plan[name]
-            if _n_remove(blocks[name][1], c.out_channels, _rt(round_to, name))]
+            if n_remove(blocks[name][1], c.out_channels, _rt(round_to, name))]
     if criterion == "taylor":
         imp = _taylor_importance(model, todo, grad_batches or [])
     else:
@@ -262,7 +284,7 @@ def prune_blocks(model: nn.Module, ratios: dict[str, float], example_inputs: Any
         before = {cname: c.out_channels for cname, c in convs}
         done: set[int] = set()  # convs already shrunk as part of a coupled group
         for _, conv in convs:
-            n = _n_remove(blocks[name][1], conv.out_channels, _rt(round_to, name))
+            n = n_remove(blocks[name][1], conv.out_channels, _rt(round_to, name))
             if n == 0 or id(conv) in done:
                 continue
             idxs = torch.argsort(imp[conv], stable=True)[:n].tolist()

@@ -1,0 +1,216 @@
+"""Whole searches on a tiny model: storage, front, failures, early stop, greedy, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from searchcomp.cli import main
+from searchcomp.front import dominates
+from searchcomp.results import load_results
+from searchcomp.search.api import run_search
+from searchcomp.search.greedy import greedy_rule
+from searchcomp.search.study import done_trials, open_study
+from searchcomp.space import load_space
+
+SEARCH_SPACE = """\
+name: tiny-search
+model: {{arch: resnet18, num_classes: 10, in_channels: 1, image_size: 8}}
+data: {{dataset: digits, train_size: 200, val_size: 100, test_size: 100, batch_size: 50}}
+base: {{source: train, epochs: 1}}
+blocks:
+  default: {{conv: [keep, separable, meta:4], prune: [0.0, 0.5], bits: [32, 8]}}
+  head: [keep, meta:2]
+finetune: {{steps: {steps}}}
+objectives: [accuracy, size_mib, latency_ms]
+measure: {{runs: 30, warmup: 1}}
+search: {{trials: {trials}, seed_configs: [{{conv: separable}}], heartbeat_s: 1}}
+studies_dir: {studies}
+"""
+
+
+def _space_file(tmp_path: Path, steps: int = 3, trials: int = 5) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(SEARCH_SPACE.format(steps=steps, trials=trials, studies=tmp_path / "studies"))
+    return p
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
+    space = load_space(_space_file(tmp_path))
+    summary = run_search(space, quiet=True, log=_quiet)
+    assert summary.done == 5
+    study = open_study(space, load_only=True)
+    trials = study.get_trials()
+    assert [t.user_attrs.get("tag") for t in trials[:2]] == ["base", "uniform conv=separable"]
+    t0 = trials[0]
+    assert t0.user_attrs["recipe"] == {"blocks": {}, "head": "keep"}
+    for key in ("accuracy", "params", "size_mib", "latency_ms", "flops", "init_errors",
+                "finetune_seconds", "weights", "latency_runtime"):
+        assert key in t0.user_attrs
+    assert Path(t0.user_attrs["weights"]).is_file()
+    assert trials[1].user_attrs["max_init_error"] > 0
+    res = load_results(space)
+    assert res.front
+    keys = [(-r["accuracy"], r["size_mib"], r["latency_ms"]) for r in res.rows
+            if r["state"] == "complete"]
+    for r in res.front:
+        k = (-r["accuracy"], r["size_mib"], r["latency_ms"])
+        assert not any(dominates(o, k) for o in keys)
+    assert res.hypervolume > 0
+    # the CLI prints the same front as JSON
+    assert main(["front", str(space.file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["study"] == "tiny-search" and out["objectives"] == list(space.objectives)
+    assert {p["trial"] for p in out["front"]} == {r["trial"] for r in res.front}
+    assert set(out["front"][0]) >= {"trial", "recipe", "accuracy", "params", "size_mib",
+                                    "latency_ms"}
+    assert out["base"]["params"] == 11172810 and out["greedy"] is None
+    # running again with the same --trials does nothing more
+    assert run_search(space, quiet=True, log=_quiet).ran == 0
+
+
+def test_failing_trials_are_recorded_and_the_run_finishes(tmp_path):
+    space = load_space(_space_file(tmp_path, trials=3), ["finetune.lr=1e30"])
+    summary = run_search(space, quiet=True, log=_quiet)
+    assert summary.done == 3
+    trials = open_study(space, load_only=True).get_trials()
+    assert all(t.state == TrialState.FAIL for t in trials)
+    assert all("DivergedError" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_early_stop_floor_prunes(tmp_path):
+    space = load_space(_space_file(tmp_path, steps=4, trials=2),
+                       ["finetune.min_accuracy=1.0", "finetune.check_at=0.5"])
+    run_search(space, quiet=True, log=_quiet)
+    trials = open_study(space, load_only=True).get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert "< floor 1.0000 after 2 fine-tune steps" in trials[0].user_attrs["pruned_reason"]
+
+
+def test_greedy_rule_on_a_scripted_accuracy():
+    # a swap of b3 or b5 costs too much accuracy; b5 becomes fine once b1 is not swapped...
+    # the scripted model: accuracy = 0.9 - 0.05 per swapped block - 0.3 if b3 swapped
+    calls = []
+
+    def evaluate(swapped, block, step, direction):
+        calls.append((block, direction, sorted(swapped)))
+        acc = 0.9 - 0.05 * len(swapped) - (0.3 if "b3" in swapped else 0)
+        return acc, step
+
+    kept, steps = greedy_rule(["b1", "b2", "b3", "b4", "b5"], evaluate, threshold=0.74)
+    # top-down: b1 (0.85) keep, b2 (0.80) keep, b3 (0.45) revert, b4 (0.75) keep,
+    # b5 (0.70) revert; bottom-up over the rest: b5 (0.70) revert, b3 (0.45) revert
+    assert kept == ["b1", "b2", "b4"]
+    assert [(s.block, s.direction, s.kept) for s in steps] == [
+        ("b1", "down", True), ("b2", "down", True), ("b3", "down", False),
+        ("b4", "down", True), ("b5", "down", False), ("b5", "up", False), ("b3", "up", False)]
+    assert calls[3] == ("b4", "down", ["b1", "b2", "b4"])
+
+
+def test_greedy_bottom_up_can_keep_a_reverted_block():
+    def evaluate(swapped, block, step, direction):  # b1 only passes once b3 is swapped
+        return (0.9 if block != "b1" or "b3" in swapped else 0.5), step
+
+    kept, steps = greedy_rule(["b1", "b2", "b3"], evaluate, threshold=0.7)
+    assert kept == ["b1", "b2", "b3"]
+    assert [(s.block, s.direction) for s in steps][-1] == ("b1", "up")
+
+
+def test_greedy_strategy_in_the_study(tmp_path, capsys):
+    space = load_space(_space_file(tmp_path, steps=2))
+    summary = run_search(space, strategy="greedy", threshold=0.0, quiet=True, log=_quiet)
+    assert summary.greedy["kept"] == [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)]
+    assert summary.done == 8  # one trial per block, all kept: no bottom-up pass
+    res = load_results(space)
+    assert res.greedy["trial"] == summary.greedy["result_trial"]
+    assert all(v == {"conv": "separable"} for v in res.greedy["recipe"].values())
+    assert main(["front", str(space.file)]) == 0
+    assert "greedy" in capsys.readouterr().out
+
+
+def test_resume_after_sigkill_finishes_exactly_n(tmp_path):
+    spec = _space_file(tmp_path, steps=40, trials=4)
+    cmd = [sys.executable, "-m", "searchcomp", "run", str(spec), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    space = load_space(spec)
+    db = tmp_path / "studies" / "tiny-search" / "study.db"
+    deadline = time.monotonic() + 240
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if not db.exists():
+            continue
+        try:
+            trials = optuna.load_study(study_name="tiny-search",
+                                       storage=f"sqlite:///{db}").get_trials()
+        except Exception:
+            continue
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        if len(done) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed; " + proc.stderr.read().decode()
+    time.sleep(2.5)  # longer than the grace period (2 heartbeats of 1 s)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    study = open_study(space, load_only=True)
+    done = done_trials(study)
+    assert len(done) == 4
+    numbers = [t.number for t in done]
+    assert len(set(numbers)) == len(numbers)
+    stale = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(stale) == 1 and "counted" not in stale[0].user_attrs  # the killed one, rerun
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_dashboard_answers_on_localhost(tmp_path):
+    import socket
+    import urllib.request
+
+    space = load_space(_space_file(tmp_path, steps=1, trials=1))
+    run_search(space, quiet=True, log=_quiet)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "searchcomp", "dashboard", str(space.file),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=2) as resp:
+                    body = json.loads(resp.read())
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None, "dashboard did not answer"
+        study = next(s for s in body["study_summaries"] if s["study_name"] == "tiny-search")
+        assert study["directions"] == ["maximize", "minimize", "minimize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/"
+                                    f"{study['study_id']}", timeout=10) as resp:
+            detail = json.loads(resp.read())
+        assert detail["objective_names"] == list(space.objectives)
+        attrs = {a["key"] for a in detail["trials"][0]["user_attrs"]}
+        assert {"recipe", "accuracy", "size_mib", "latency_ms", "weights"} <= attrs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert f"http://127.0.0.1:{port}/dashboard" in proc.stderr.read()
