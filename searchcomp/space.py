@@ -212,7 +212,7 @@ class FinetuneConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     #: if set, a fixed number of optimizer steps instead of epochs
     steps: int | None = Field(None, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-4, gt=0)
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     loss: Literal["distill", "ce"] = "distill"
     distill: DistillConfig = DistillConfig()
@@ -424,7 +424,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     """Read, override and validate a space file.
 
     ``overrides`` are ``key=value`` strings as given to ``--set``; ``quick`` applies the file's
-    own ``quick:`` overrides first (``--set`` wins over them).
+    own ``quick:`` overrides first (``--set`` wins over them) and, unless they set ``name``,
+    suffixes the name with ``-quick`` so quick trials never mix with full ones.
     """
     path = Path(path)
     if not path.is_file():
@@ -453,6 +454,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                              field="quick", line=lines.get(("quick",)))
         for key, value in q.items():
             _apply_override(data, str(key), value, str(path))
+        if "name" not in q and isinstance(data.get("name"), str):
+            data["name"] = data["name"] + "-quick"  # its own study: other data, other base
     for text_override in overrides:
         key, value = parse_override(text_override)
         _apply_override(data, key, value, "--set")

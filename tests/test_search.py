@@ -79,6 +79,11 @@ def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     assert out["base"]["params"] == 11172810 and out["greedy"] is None
     # running again with the same --trials does nothing more
     assert run_search(space, quiet=True, log=_quiet).ran == 0
+    # a repeated configuration is not fine-tuned again: it reuses the earlier result
+    study.enqueue_trial(trials[1].params)
+    assert run_search(space, trials=6, quiet=True, log=_quiet).ran == 1
+    last = open_study(space, load_only=True).get_trials()[-1]
+    assert last.user_attrs["duplicate_of"] == 1 and last.values == trials[1].values
 
 
 def test_failing_trials_are_recorded_and_the_run_finishes(tmp_path):

@@ -29,6 +29,7 @@ def test_every_shipped_space_loads():
 
 def test_shipped_quick_overrides_apply():
     space = load_space(ROOT / "spaces" / "resnet18-fashion.yaml", quick=True)
+    assert space.name == "resnet18-fashion-quick"  # its own study
     assert space.data.train_size == 2000
     assert space.finetune.steps is not None
 

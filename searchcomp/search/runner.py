@@ -103,6 +103,8 @@ def format_line(row: dict[str, Any]) -> str:
     if state != "complete":
         return f"trial {n:>4} {state:<8} {row.get('summary', '')}  {row.get('fail_reason', '')}"
     feas = "" if row.get("feasible", True) else " (infeasible)"
+    if row.get("duplicate_of") is not None:
+        feas += f" (same choices as trial {row['duplicate_of']}: not run again)"
     return (f"trial {n:>4} acc {row['accuracy']:.4f}  params {row['params'] / 1e6:6.2f} M  "
             f"{row['size_mib']:7.2f} MiB  {row['latency_ms']:7.2f} ms  "
             f"{row.get('finetune_seconds', 0):5.1f} s  {row.get('summary', '')}{feas}")
@@ -127,6 +129,15 @@ class Searcher:
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("summary", recipe.summary(ctx.block_names))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
+        same = self._same_recipe(trial)
+        if same is not None:  # samplers can repeat themselves; a fine-tune is too dear to redo
+            for k, v in same.user_attrs.items():
+                if k not in ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass"):
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", same.number)
+            for k, v in same.constraints.items():
+                trial.set_constraint(k, float(v))
+            return tuple(float(same.user_attrs[o]) for o in self.objectives)
         if self.progress:
             self.progress.start_trial(trial.number, total_steps(ctx.space.finetune,
                                                                 ctx.splits.train))
@@ -149,6 +160,14 @@ class Searcher:
             trial.set_constraint(k, float(v))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return tuple(float(outcome.metrics[o]) for o in self.objectives)
+
+    def _same_recipe(self, trial: Trial) -> optuna.trial.FrozenTrial | None:
+        """A completed trial of this study with exactly the same choices, if any."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number != trial.number and t.params == trial.params and all(
+                    o in t.user_attrs for o in self.objectives):
+                return t
+        return None
 
     def _callback(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         row = trial_row(frozen, self.objectives)

@@ -132,7 +132,7 @@ def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[s
            "summary": a.get("summary"), "strategy": a.get("strategy", "search"),
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
     for k in ("accuracy", "params", "size_mib", "latency_ms", "flops", "latency_runtime",
-              "weights", "finetune_seconds", "max_init_error", "fail_reason"):
+              "weights", "finetune_seconds", "max_init_error", "fail_reason", "duplicate_of"):
         if k in a:
             row[k] = a[k]
     return row
