@@ -50,3 +50,35 @@ def tiny_space_file(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY_SPACE + f"studies_dir: {tmp_path / 'studies'}\n")
     return p
+
+
+STUDY_SPACE = """\
+name: tiny-study
+model: {{arch: resnet18, num_classes: 10, in_channels: 1, image_size: 8}}
+data: {{dataset: digits, train_size: 200, val_size: 100, test_size: 100, batch_size: 50}}
+base: {{source: train, epochs: 1}}
+blocks:
+  default: {{conv: [keep, separable, conv3d:8, meta:4], prune: [0.0, 0.5], bits: [32, 8, 4, 2]}}
+  head: [keep, meta:2]
+finetune: {{steps: 2}}
+objectives: [accuracy, size_mib, latency_ms]
+measure: {{runs: 30, warmup: 1}}
+search: {{trials: 6, seed_configs: [{{conv: separable}}, {{bits: 4}}]}}
+studies_dir: {studies}
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """A finished tiny study (6 search trials, then the greedy baseline in the same study);
+    returns its loaded Space. Shared by the export and report tests: do not modify it."""
+    from searchcomp.search.api import run_search
+    from searchcomp.space import load_space
+
+    root = tmp_path_factory.mktemp("study")
+    p = root / "study.yaml"
+    p.write_text(STUDY_SPACE.format(studies=root / "studies"))
+    space = load_space(p)
+    run_search(space, quiet=True, log=lambda m: None)
+    run_search(space, strategy="greedy", threshold=0.0, quiet=True, log=lambda m: None)
+    return space
