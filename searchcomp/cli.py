@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(p)
     p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--port", type=int, default=8080)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: front plots, choices, table")
+    _add_space(p)
+    _add_study(p)
+    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
+    p.add_argument("--out", metavar="FILE", help="default: studies/<study>/report.html")
     return parser
 
 
@@ -135,12 +141,24 @@ def _load(args: argparse.Namespace):
     return space
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from searchcomp.report import write_report
+
+    space = _load(args)
+    path = write_report(space, out=Path(args.out) if args.out else None, storage=args.storage,
+                        study_name=args.study)
+    _stderr(f"report written: {path} (self-contained; open it in any browser)")
+    return 0
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "front": _cmd_front,
-            "dashboard": _cmd_dashboard}
+            "dashboard": _cmd_dashboard, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
