@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.70,
                    help="greedy: keep a swap if validation accuracy >= this (default 0.70)")
     p.add_argument("--quiet", action="store_true", help="no bars, one line per trial")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: trials in this process (default); ray: Ray Tune workers")
+    p.add_argument("--address", help="ray: join this cluster (default: start Ray locally)")
+    p.add_argument("--concurrency", type=int, default=2, help="ray: trials at once (default 2)")
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="ray: GPUs per trial")
 
     p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
     _add_space(p)
@@ -97,11 +103,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _load(args)
     if args.trials is not None and args.trials < 1:
         raise SearchcompError("--trials must be >= 1")
+    if args.backend == "ray" and args.strategy == "greedy":
+        raise SearchcompError("--strategy greedy is sequential by nature; run it without "
+                              "--backend ray")
+    if args.concurrency < 1 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise SearchcompError("--concurrency must be >= 1, --cpus-per-trial > 0, "
+                              "--gpus-per-trial >= 0")
     try:
         summary = run_search(space, trials=args.trials, timeout_s=args.timeout,
                              storage=args.storage, study_name=args.study, sampler=args.sampler,
                              seed=args.seed, strategy=args.strategy, threshold=args.threshold,
-                             quiet=args.quiet, log=_stderr)
+                             quiet=args.quiet, log=_stderr, backend=args.backend,
+                             ray_options={"address": args.address,
+                                          "concurrency": args.concurrency,
+                                          "cpus_per_trial": args.cpus_per_trial,
+                                          "gpus_per_trial": args.gpus_per_trial})
     except KeyboardInterrupt:
         _stderr("interrupted: finished trials are kept; run the same command to continue")
         return 130

@@ -97,7 +97,7 @@ def load_results(space: Space, *, storage: str | None = None,
     objectives = list(study.user_attrs.get("objectives") or space.objectives)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or t.user_attrs.get("surplus"):
             continue
         r = trial_row(t, objectives)
         if t.state == TrialState.PRUNED:

@@ -296,6 +296,7 @@ class Space(_Strict):
     _file: str = ""
     _lines: dict[tuple, int] = {}
     _overridden: tuple[str, ...] = ()
+    _args: tuple = ()
 
     @field_validator("objectives")
     @classmethod
@@ -313,6 +314,11 @@ class Space(_Strict):
     def file(self) -> str:
         """The space file this came from."""
         return self._file
+
+    @property
+    def load_args(self) -> tuple[str, tuple[str, ...], bool]:
+        """(file, --set overrides, quick) this space was loaded with, to load it elsewhere."""
+        return self._args
 
     @property
     def directions(self) -> list[str]:
@@ -470,6 +476,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     space._file = str(path)
     space._lines = lines
     space._overridden = tuple(".".join(map(str, p)) for p in origins)
+    space._args = (str(path.resolve()), tuple(overrides), quick)
     want = DATASET_CHANNELS.get(space.data.dataset)
     if want is not None and space.model.in_channels != want:
         raise space.error("model.in_channels", f"is {space.model.in_channels} but "

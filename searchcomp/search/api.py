@@ -28,9 +28,12 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                storage: str | None = None, study_name: str | None = None,
                sampler: str | None = None, seed: int | None = None, strategy: str = "search",
                threshold: float = 0.70, quiet: bool = False,
-               log: Callable[[str], None] = print) -> RunSummary:
+               log: Callable[[str], None] = print, backend: str = "local",
+               ray_options: dict[str, Any] | None = None) -> RunSummary:
     """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
-    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead."""
+    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead.
+    ``backend="ray"`` runs the trials on Ray Tune (``ray_options``: address, concurrency,
+    cpus_per_trial, gpus_per_trial)."""
     n = trials or space.search.trials
     name = study_name or space.name
     ctx = prepare(space, progress=not quiet, log=log, study_name=name)
@@ -62,5 +65,29 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     if done >= n:
         log(f"study {name} already has {done} finished trials (>= {n}); "
             "raise --trials to run more")
-    ran = searcher.run(n, timeout_s if timeout_s is not None else space.search.timeout_s)
+    timeout = timeout_s if timeout_s is not None else space.search.timeout_s
+    if backend == "ray":
+        ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log)
+    else:
+        ran = searcher.run(n, timeout)
     return RunSummary(name, url, ran, len(done_trials(study)))
+
+
+def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
+                opts: dict[str, Any], log: Callable[[str], None]) -> int:
+    from pathlib import Path
+
+    from searchcomp.search.ray_backend import WorkerSpec, run_ray
+
+    file, overrides, quick = space.load_args
+    # workers may run elsewhere (another cwd, another machine): pass absolute paths
+    extra = [f"studies_dir={Path(space.studies_dir).resolve()}"]
+    if space.data.root:
+        extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
+    cpus = float(opts.get("cpus_per_trial") or 1)
+    spec = WorkerSpec(file, (*overrides, *extra), quick, name, space.search.seed,
+                      max(1, int(cpus)))
+    return run_ray(ctx, study, spec, n, address=opts.get("address"),
+                   concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
+                   gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,
+                   log=log)

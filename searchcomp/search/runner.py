@@ -15,7 +15,7 @@ from searchcomp.blocks import Block
 from searchcomp.candidate import NEUTRAL, Recipe
 from searchcomp.finetune import BelowFloor, total_steps
 from searchcomp.front import pareto_front
-from searchcomp.search.study import COUNTED, done_trials, trial_row
+from searchcomp.search.study import COUNTED, done_trials, is_done, trial_row
 from searchcomp.search.trial import TrialContext, run_trial
 from searchcomp.space import CHOICES
 
@@ -120,15 +120,28 @@ class Searcher:
         self.objectives = list(ctx.space.objectives)
         self.progress: Progress | None = None
         self.on_result: Callable[[dict[str, Any]], None] | None = None
+        #: the study's quota of done trials while :meth:`run` runs (several workers share it)
+        self.target: int | None = None
+        self.surplus = False
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
         """Optuna objective: sample, run, store everything the dashboard and export need."""
         ctx = self.ctx
+        if self.target is not None and self._ahead(trial) >= self.target:
+            # other workers on this study already fill the quota: give the slot back
+            trial.set_user_attr("surplus", True)
+            self.surplus = True
+            raise optuna.TrialPruned("surplus: the study has enough trials done or running")
         recipe = sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("summary", recipe.summary(ctx.block_names))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
+        if self._running_twin(trial):
+            # another worker (same sampler seed) is running these very choices: give the slot
+            # back; the sampler proposes something else next time
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("skipped: another worker runs the same choices")
         same = self._same_recipe(trial)
         if same is not None:  # samplers can repeat themselves; a fine-tune is too dear to redo
             for k, v in same.user_attrs.items():
@@ -161,6 +174,16 @@ class Searcher:
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return tuple(float(outcome.metrics[o]) for o in self.objectives)
 
+    def _ahead(self, trial: Trial) -> int:
+        """Trials created before this one that are done or still running (any worker)."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.number < trial.number and (is_done(t) or t.state == TrialState.RUNNING))
+
+    def _running_twin(self, trial: Trial) -> bool:
+        return any(t.number != trial.number and t.state == TrialState.RUNNING
+                   and t.params == trial.params
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def _same_recipe(self, trial: Trial) -> optuna.trial.FrozenTrial | None:
         """A completed trial of this study with exactly the same choices, if any."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -170,6 +193,8 @@ class Searcher:
         return None
 
     def _callback(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if frozen.user_attrs.get("surplus"):
+            return
         row = trial_row(frozen, self.objectives)
         if frozen.state == TrialState.PRUNED:
             row["fail_reason"] = frozen.user_attrs.get("pruned_reason", "")
@@ -203,6 +228,7 @@ class Searcher:
         if todo == 0:
             return 0
         self.open_progress(n_trials, done)
+        self.target, self.surplus = n_trials, False
         ran = 0
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -217,7 +243,10 @@ class Searcher:
                     break
                 self.run_one(left)
                 ran += 1
+                if self.surplus:  # the rest is running in other workers
+                    break
         finally:
+            self.target = None
             self.close_progress()
         return ran
 

@@ -115,7 +115,10 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
 
 
 def is_done(t: FrozenTrial) -> bool:
-    """Finished for good: complete, pruned, or failed for its own reasons (not interrupted)."""
+    """Finished for good: complete, pruned, or failed for its own reasons (not interrupted,
+    and not a surplus slot another worker gave back)."""
+    if t.user_attrs.get("surplus"):
+        return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
 

@@ -1,0 +1,188 @@
+"""Ray Tune backend: the same trial function as the local loop, run as Ray trials.
+
+Ray's ``OptunaSearch`` drives the same sampler over the same define-by-run space and asks the
+same Optuna study (same storage) for each trial; when a Ray trial ends, its metrics and user
+attributes are written onto that Optuna trial, so ``front``, ``report``, ``export`` and
+``dashboard`` read a Ray study exactly like a local one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from searchcomp.candidate import Recipe
+from searchcomp.errors import SearchcompError
+from searchcomp.search.runner import format_line, sample_recipe
+from searchcomp.search.study import COUNTED, done_trials, trial_row
+from searchcomp.search.trial import TrialContext
+
+RESULT_KEY = "searchcomp"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a Ray worker needs to rebuild the trial context on its own (picklable)."""
+
+    space_file: str
+    overrides: tuple[str, ...]
+    quick: bool
+    study_name: str
+    seed: int
+    threads: int
+
+
+_CONTEXTS: dict[WorkerSpec, TrialContext] = {}
+
+
+def _context(spec: WorkerSpec) -> TrialContext:
+    """The trial context, built once per worker process (the base comes from the cache)."""
+    if spec not in _CONTEXTS:
+        from searchcomp.search.trial import prepare
+        from searchcomp.space import load_space
+
+        space = load_space(spec.space_file, list(spec.overrides), quick=spec.quick)
+        _CONTEXTS[spec] = prepare(space, progress=False, log=lambda m: None,
+                                  study_name=spec.study_name)
+    return _CONTEXTS[spec]
+
+
+def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
+    """The Ray trainable: rebuild the recipe from Ray's config, run the trial, report."""
+    import torch
+    from ray import tune
+
+    from searchcomp.finetune import BelowFloor
+    from searchcomp.search.trial import run_trial
+
+    torch.set_num_threads(spec.threads)
+    number = int(config["_number"])
+    blocks = {b: dict(v) for b, v in config.items() if isinstance(v, dict)}
+    recipe = Recipe(blocks, str(config.get("head", "keep")))
+    out: dict[str, Any] = {"recipe": recipe.to_dict()}
+    t0 = time.perf_counter()
+    try:
+        ctx = _context(spec)
+        out["summary"] = recipe.summary(ctx.block_names)
+        outcome = run_trial(ctx, recipe, spec.seed + number, f"{number:05d}")
+        out.update(outcome.to_attrs())
+        metrics = {o: float(outcome.metrics[o]) for o in ctx.space.objectives}
+    except BelowFloor as e:
+        out.update({"pruned_reason": str(e), "accuracy_at_check": e.accuracy})
+        metrics = {}
+    except Exception as e:  # the trial's own result: recorded, the search goes on
+        out.update({"fail_reason": f"{type(e).__name__}: {e}"[:2000], COUNTED: True})
+        metrics = {}
+    out["seconds"] = time.perf_counter() - t0
+    out["worker"] = f"{os.uname().nodename}:{os.getpid()}"
+    tune.report({**metrics, RESULT_KEY: json.dumps(out, default=str)})
+
+
+def _make_searcher(ctx: TrialContext, study: optuna.Study, on_row: Callable[[dict], None]):
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = list(ctx.space.objectives)
+
+    class StudySearch(OptunaSearch):
+        """OptunaSearch that writes each trial's attributes into the shared study."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            attrs = json.loads(result[RESULT_KEY]) if result and RESULT_KEY in result else {
+                "fail_reason": "the Ray worker died or raised before reporting", COUNTED: True}
+            for k, v in attrs.items():
+                if k != "constraints":
+                    ot_trial.set_user_attr(k, v)
+            for k, v in (attrs.get("constraints") or {}).items():
+                ot_trial.set_constraint(k, float(v))
+            if "fail_reason" in attrs:
+                state, values = TrialState.FAIL, None
+            elif "pruned_reason" in attrs:
+                state, values = TrialState.PRUNED, None
+            else:
+                state, values = TrialState.COMPLETE, [float(result[o]) for o in objectives]
+            self._ot_study.tell(ot_trial, values, state=state)
+            self._completed_trials.add(trial_id)
+            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+            on_row(trial_row(frozen, objectives))
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the study storage holds the state, and a rerun resumes it."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See :meth:`save`."""
+
+    def define(trial) -> dict[str, Any]:
+        sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
+        return {"_number": trial.number}
+
+    modes = ["max" if d == "maximize" else "min" for d in ctx.space.directions]
+    searcher = StudySearch(space=define, metric=objectives, mode=modes,
+                           sampler=study.sampler, study_name=study.study_name,
+                           storage=study._storage)
+    return searcher
+
+
+def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: int, *,
+            address: str | None = None, concurrency: int = 2, cpus_per_trial: float = 1,
+            gpus_per_trial: float = 0, timeout_s: float | None = None,
+            log: Callable[[str], None] = print) -> int:
+    """Run trials on Ray until ``n_trials`` are done in the study; returns how many ran."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise SearchcompError("--backend ray needs Ray Tune: pip install 'searchcomp[ray]' "
+                              "(or pip install 'ray[tune]')") from None
+    todo = n_trials - len(done_trials(study))
+    if todo <= 0:
+        return 0
+    if not ray.is_initialized():
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
+                                                           os.environ.get("PYTHONPATH")]))}
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False,
+                         runtime_env={"env_vars": env})
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": env})
+        except Exception as e:  # no cluster at that address, port clash, ...
+            raise SearchcompError(f"--address: cannot start or join Ray: {e}") from None
+    res = ray.cluster_resources()
+    log(f"ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; up to {concurrency} "
+        f"trials at once, {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU each")
+    ran = [0]
+
+    def on_row(row: dict) -> None:
+        ran[0] += 1
+        log(format_line(row))
+
+    searcher = _make_searcher(ctx, study, on_row)
+    trainable = tune.with_resources(tune.with_parameters(ray_trial, spec=spec),
+                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
+                                    max_concurrent_trials=concurrency,
+                                    time_budget_s=timeout_s),
+        run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    import warnings
+
+    with warnings.catch_warnings():  # asking a study with heartbeats outside optimize()
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        tuner.fit()
+    return ran[0]
