@@ -14,6 +14,7 @@ from searchcomp.blocks import Block, find_blocks, find_head
 from searchcomp.candidate import Built, Recipe, build
 from searchcomp.data import Splits, load_splits
 from searchcomp.errors import ChoiceError, DataError, SearchcompError, SpaceError
+from searchcomp.export import export_trial, load
 from searchcomp.metrics import Metrics, count_params, flops, latency_ms, measure, size_mib
 from searchcomp.models import build_model
 from searchcomp.overview import inspect_space
@@ -23,5 +24,5 @@ __all__ = [
     "Block", "Built", "ChoiceError", "DataError", "Metrics", "Recipe", "SearchcompError",
     "Space", "SpaceError", "Splits", "build", "build_model", "count_params", "find_blocks",
     "find_head", "flops", "inspect_space", "latency_ms", "load_space", "load_splits",
-    "measure", "size_mib",
+    "measure", "size_mib", "export_trial", "load",
 ]

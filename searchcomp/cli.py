@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--port", type=int, default=8080)
 
+    p = sub.add_parser("export", help="take one trial away as a real, smaller model")
+    _add_space(p)
+    _add_study(p)
+    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
+    p.add_argument("--trial", type=int, required=True, help="the trial number (see 'front')")
+    p.add_argument("--out", required=True, metavar="DIR", help="a folder that does not exist")
+    p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"],
+                   default="state_dict")
+    p.add_argument("--finetune-epochs", type=float, default=0, metavar="E",
+                   help="fine-tune E more epochs before exporting (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("report", help="one self-contained HTML page: front plots, choices, table")
     _add_space(p)
     _add_study(p)
@@ -157,6 +169,18 @@ def _load(args: argparse.Namespace):
     return space
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from searchcomp.export import export_trial
+
+    space = _load(args)
+    export_trial(space, args.trial, Path(args.out), args.format, args.finetune_epochs,
+                 args.storage, args.study, log=_stderr, progress=not args.quiet)
+    print(Path(args.out) / "card.md")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -174,7 +198,7 @@ def _stderr(msg: str) -> None:
 
 
 COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "front": _cmd_front,
-            "dashboard": _cmd_dashboard, "report": _cmd_report}
+            "dashboard": _cmd_dashboard, "report": _cmd_report, "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,6 +110,12 @@ def _unpack_bits(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return torch.where(codes >= (1 << (bits - 1)), codes - (1 << bits), codes)
 
 
+def encode_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes as stored: int16 (16 bits), int8 (8 bits), or a flat bit-packed uint8
+    tensor (6, 4, 2 bits; layout as in the module docstring)."""
+    return q.to(_INT_DTYPES[bits]) if bits in _INT_DTYPES else _pack_bits(q, bits)
+
+
 def pack_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The compact state dict: quantized weights as packed integers, other floats as float32."""
     out: dict[str, torch.Tensor] = {}
@@ -120,8 +126,7 @@ def pack_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         q, scale = integer_weights(e.module, e.name)
         q = q.cpu()
-        data = q.to(_INT_DTYPES[e.bits]) if e.bits in _INT_DTYPES else _pack_bits(q, e.bits)
-        out[e.key] = data
+        out[e.key] = encode_codes(q, e.bits)
         out[e.key + SCALE_SUFFIX] = scale.float().cpu()
         out[e.key + QINFO_SUFFIX] = torch.tensor([e.bits, *q.shape], dtype=torch.int32)
     return out

@@ -67,7 +67,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     number = int(config["_number"])
     blocks = {b: dict(v) for b, v in config.items() if isinstance(v, dict)}
     recipe = Recipe(blocks, str(config.get("head", "keep")))
-    out: dict[str, Any] = {"recipe": recipe.to_dict()}
+    out: dict[str, Any] = {"recipe": recipe.to_dict(), "seed": spec.seed + number}
     t0 = time.perf_counter()
     try:
         ctx = _context(spec)

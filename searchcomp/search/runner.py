@@ -156,6 +156,7 @@ class Searcher:
                                                                 ctx.splits.train))
         t0 = time.perf_counter()
         try:
+            trial.set_user_attr("seed", self.seed + trial.number)
             outcome = run_trial(ctx, recipe, self.seed + trial.number, f"{trial.number:05d}",
                                 on_step=self.progress.step if self.progress else None)
         except BelowFloor as e:

@@ -36,9 +36,11 @@ class Meta(nn.Module):
         if size % self.n_in:
             raise ValueError(f"Meta({self.n_in}, {self.n_out}) needs dim {dim} divisible by "
                              f"{self.n_in}, got {size}")
-        g = x.unflatten(dim, (self.n_in, size // self.n_in)).movedim(dim, -1)
+        g = x.unflatten(dim, (self.n_in, size // self.n_in))
+        last = g.dim() - 1  # non-negative dims: ONNX Transpose rejects -1 in a permutation
+        g = g.movedim(dim, last)
         y = torch.matmul(g, self.weight)                   # [..., group size, M]
-        return y.movedim(-1, dim).flatten(dim, dim + 1)
+        return y.movedim(last, dim).flatten(dim, dim + 1)
 
     def extra_repr(self) -> str:
         return f"{self.n_in}, {self.n_out}, dim={self.dim}"
