@@ -116,10 +116,13 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
 
     ratios = {b: float(recipe.choice(b, "prune")) for b in by_name if recipe.choice(b, "prune")}
     pruned: dict[str, dict[str, tuple[int, int]]] = {}
+    init_errors: dict[str, float] = {}
     if ratios:
+        before = _block_io(model, calib[:ERROR_IMAGES], list(ratios))
         round_to = {b: _round_to(recipe.choice(b, "conv"), prune_round_to) for b in ratios}
         pruned = prune_blocks(model, ratios, calib[:1], criterion=prune_criterion,
                               grad_batches=grad_batches, round_to=round_to)
+        init_errors.update(_block_errors(model, before, "prune"))
 
     targets: dict[str, tuple[str, int | None]] = {}
     for b in by_name.values():
@@ -130,7 +133,6 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
     if recipe.head != transforms.KEEP:
         targets[head_name] = head_value(recipe.head)
 
-    init_errors: dict[str, float] = {}
     if targets:
         inputs = _capture_inputs(model, calib, list(targets))
         for layer_name, (tname, arg) in targets.items():
@@ -144,11 +146,37 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
             set_submodule(model, layer_name, applied.module)
             init_errors[layer_name] = float(applied.init_error)
 
-    for b in by_name.values():
-        bits = int(recipe.choice(b.name, "bits"))
-        if bits != 32:
-            quantize_module(model.get_submodule(b.name), bits)
+    quantized = [b for b in by_name if int(recipe.choice(b, "bits")) != 32]
+    if quantized:
+        before = _block_io(model, calib[:ERROR_IMAGES], quantized)
+        for b in quantized:
+            quantize_module(model.get_submodule(b), int(recipe.choice(b, "bits")))
+        init_errors.update(_block_errors(model, before, "bits"))
     return Built(model.eval(), init_errors, pruned)
+
+
+#: images used to report the output error that pruning and quantization leave in a block
+ERROR_IMAGES = 16
+
+
+@torch.no_grad()
+def _block_io(model: nn.Module, x: torch.Tensor, names: list[str]
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each named block's (input, output) when ``model`` runs on ``x``."""
+    inputs = _capture_inputs(model, x, names)
+    return {n: (inputs[n], model.get_submodule(n)(inputs[n])) for n in names}
+
+
+@torch.no_grad()
+def _block_errors(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  what: str) -> dict[str, float]:
+    """Relative output error of each changed block on the same inputs as before the change,
+    keyed ``<block>:<what>`` (a block's pruning or quantization, isolated from the others)."""
+    from searchcomp.transforms.fit import relative_error
+
+    model.eval()
+    return {f"{n}:{what}": relative_error(ref, model.get_submodule(n)(x))
+            for n, (x, ref) in before.items()}
 
 
 def _round_to(conv_value: str, base: int) -> int:

@@ -103,7 +103,8 @@ def load_results(space: Space, *, storage: str | None = None,
         if t.state == TrialState.PRUNED:
             r["fail_reason"] = t.user_attrs.get("pruned_reason")
         rows.append(r)
-    complete = [r for r in rows if r["state"] == "complete"]
+    # a repeated configuration reused an earlier result: one point, not two
+    complete = [r for r in rows if r["state"] == "complete" and r.get("duplicate_of") is None]
     base = dict(study.user_attrs.get("base") or {})
     front = pareto_front(complete, objectives)
     hv = hypervolume(complete, objectives, base) if base else 0.0

@@ -44,8 +44,11 @@ def test_mixed_recipe_builds_runs_and_leaves_base_alone(setup):
     assert weight_bits(m.layer1[0].conv2.pointwise) == 8
     assert weight_bits(m.layer4[0].conv1) == 4 and weight_bits(m.layer3[0].conv1) == 32
     assert set(built.init_errors) == {"layer1.0.conv1", "layer1.0.conv2", "layer2.1.conv1",
-                                      "layer2.1.conv2", "fc"}
+                                      "layer2.1.conv2", "fc", "layer1.0:prune",
+                                      "layer2.1:prune", "layer1.0:bits", "layer4.0:bits"}
     assert all(0 <= e < 2 for e in built.init_errors.values())
+    # removing half the filters costs more than 8-bit rounding; both are measured
+    assert built.init_errors["layer1.0:prune"] > built.init_errors["layer1.0:bits"] > 0
     assert built.pruned["layer1.0"]["conv1"] == (64, 32)
     assert count_params(m) < count_params(base)
     assert size_mib(m) < size_mib(base)
