@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from searchcomp.cli import main
@@ -219,3 +220,14 @@ def test_dashboard_answers_on_localhost(tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert f"http://127.0.0.1:{port}/dashboard" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("sampler", ["nsga3", "tpe", "gp", "random"])
+def test_every_sampler_runs(tmp_path, sampler):
+    space = load_space(_space_file(tmp_path, steps=1, trials=3),
+                       ["search.seed_configs=[]", "constraints.max_accuracy_drop=0.5"])
+    summary = run_search(space, sampler=sampler, quiet=True, log=_quiet)
+    assert summary.done == 3
+    trials = open_study(space, load_only=True).get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all("max_accuracy_drop" in t.constraints for t in trials)
