@@ -147,7 +147,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
     ctx = prepare(space, progress=progress, log=log, study_name=study)
     a, number = frozen.user_attrs, frozen.number
     recipe = Recipe.from_dict(a["recipe"])
-    seed = space.search.seed + number
+    seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
     weights = _weights_file(a.get("weights"), ctx.weights_dir)
     torch.manual_seed(seed)
     with nullcontext() if weights is None else without_local_fits():

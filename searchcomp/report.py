@@ -16,6 +16,7 @@ from typing import Any
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from searchcomp.errors import SearchcompError
 from searchcomp.front import dominates, hypervolume, pareto_front
 from searchcomp.report_plots import LABELS, choices_heatmap, fmt_metric, hypervolume_curve, scatter
 from searchcomp.results import Results, load_results
@@ -72,8 +73,12 @@ def write_report(space: Space, out: Path | None = None, storage: str | None = No
     blocks = list(study.user_attrs.get("blocks") or [])
     head_name = str(study.user_attrs.get("head_name") or "head")
     out = Path(out) if out is not None else default_out(space, study_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res, blocks, head_name, space.file), encoding="utf-8")
+    html = render(res, blocks, head_name, space.file)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise SearchcompError(f"--out: cannot write {out}: {e}") from None
     return out
 
 

@@ -132,3 +132,10 @@ def test_report_renders_in_headless_chromium(finished_study, report, tmp_path):
     # the first scatter (top of the page, below the header) is drawn, not an empty box
     plots = img.crop((0, 550, 1280, 1400)).convert("L")
     assert ImageStat.Stat(plots).stddev[0] > 10
+
+
+def test_report_to_an_unwritable_path_is_a_clear_error(finished_study, tmp_path):
+    from searchcomp.errors import SearchcompError
+
+    with pytest.raises(SearchcompError, match="--out: cannot write"):
+        write_report(finished_study, out=tmp_path)  # a directory

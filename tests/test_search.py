@@ -231,3 +231,38 @@ def test_every_sampler_runs(tmp_path, sampler):
     trials = open_study(space, load_only=True).get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all("max_accuracy_drop" in t.constraints for t in trials)
+
+
+def test_greedy_rerun_with_another_threshold_does_not_reuse_other_paths(tmp_path):
+    space = load_space(_space_file(tmp_path, steps=1))
+    strict = run_search(space, strategy="greedy", threshold=1.01, quiet=True, log=_quiet)
+    assert strict.greedy["kept"] == [] and strict.greedy["result_trial"] is None
+    loose = run_search(space, strategy="greedy", threshold=0.0, quiet=True, log=_quiet)
+    assert len(loose.greedy["kept"]) == 8
+    study = open_study(space, load_only=True)
+    result = study.trials[loose.greedy["result_trial"]]
+    assert len(result.user_attrs["recipe"]["blocks"]) == 8  # every block really swapped
+
+
+def test_interrupted_seed_is_queued_again(tmp_path):
+    from searchcomp.search.runner import enqueue_seeds
+    from searchcomp.search.trial import prepare
+
+    space = load_space(_space_file(tmp_path, steps=1))
+    ctx = prepare(space, progress=False, log=_quiet)
+    study = open_study(space)
+    assert enqueue_seeds(study, ctx) == 2  # the base and {conv: separable}
+    assert enqueue_seeds(study, ctx) == 0  # already queued
+    base = study.ask()  # as a run would, then Ctrl-C: Optuna marks it FAIL, not counted
+    study.tell(base, state=TrialState.FAIL)
+    assert enqueue_seeds(study, ctx) == 1
+
+
+def test_changing_constraints_on_a_study_is_refused(tmp_path):
+    from searchcomp.errors import SearchcompError
+
+    space = load_space(_space_file(tmp_path, steps=1, trials=1))
+    run_search(space, quiet=True, log=_quiet)
+    other = load_space(space.file, ["constraints.max_params=5000000"])
+    with pytest.raises(SearchcompError, match="constraints"):
+        open_study(other)

@@ -67,14 +67,15 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
             "raise --trials to run more")
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
-        ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log)
+        ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
+                          space.search.seed if seed is None else seed)
     else:
         ran = searcher.run(n, timeout)
     return RunSummary(name, url, ran, len(done_trials(study)))
 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
-                opts: dict[str, Any], log: Callable[[str], None]) -> int:
+                opts: dict[str, Any], log: Callable[[str], None], seed: int) -> int:
     from pathlib import Path
 
     from searchcomp.search.ray_backend import WorkerSpec, run_ray
@@ -85,8 +86,7 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
     if space.data.root:
         extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
     cpus = float(opts.get("cpus_per_trial") or 1)
-    spec = WorkerSpec(file, (*overrides, *extra), quick, name, space.search.seed,
-                      max(1, int(cpus)))
+    spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)))
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,

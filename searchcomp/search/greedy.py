@@ -70,16 +70,16 @@ def run_greedy(searcher: Searcher, threshold: float) -> dict[str, Any]:
 
     def evaluate(swapped: frozenset[str], block: str, step: int, direction: str
                  ) -> tuple[float | None, int | None]:
-        trial = _find_step(study, step)
+        recipe = Recipe({b: {"conv": SWAP} for b in swapped})
+        params = recipe_params(recipe, ctx.blocks, head_values)
+        trial = _find_step(study, step, params)
         if trial is None:
-            recipe = Recipe({b: {"conv": SWAP} for b in swapped})
-            params = recipe_params(recipe, ctx.blocks, head_values)
             attrs = {"strategy": "greedy", "greedy_step": step, "greedy_block": block,
                      "greedy_pass": direction, "tag": f"greedy {step} {direction} {block}"}
             study.enqueue_trial(params, user_attrs=attrs)
             for _ in range(20):  # other queued trials (seeds, retries) may run first
                 searcher.run_one()
-                trial = _find_step(study, step)
+                trial = _find_step(study, step, params)
                 if trial is not None:
                     break
             else:
@@ -100,9 +100,12 @@ def run_greedy(searcher: Searcher, threshold: float) -> dict[str, Any]:
     return summary
 
 
-def _find_step(study: optuna.Study, step: int) -> optuna.trial.FrozenTrial | None:
+def _find_step(study: optuna.Study, step: int, params: dict[str, Any]
+               ) -> optuna.trial.FrozenTrial | None:
+    """The done greedy trial of ``step`` with exactly these choices (a rerun with another
+    threshold takes other paths and must not reuse a different step's trial)."""
     for t in study.get_trials(deepcopy=False):
         if (t.user_attrs.get("strategy") == "greedy" and t.user_attrs.get("greedy_step") == step
-                and is_done(t)):
+                and t.params == params and is_done(t)):
             return t
     return None

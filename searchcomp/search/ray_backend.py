@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from searchcomp.candidate import Recipe
 from searchcomp.errors import SearchcompError
-from searchcomp.search.runner import format_line, sample_recipe
+from searchcomp.search.runner import format_line, sample_recipe, weights_name
 from searchcomp.search.study import COUNTED, done_trials, trial_row
 from searchcomp.search.trial import TrialContext
 
@@ -72,7 +72,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     try:
         ctx = _context(spec)
         out["summary"] = recipe.summary(ctx.block_names)
-        outcome = run_trial(ctx, recipe, spec.seed + number, f"{number:05d}")
+        outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
         out.update(outcome.to_attrs())
         metrics = {o: float(outcome.metrics[o]) for o in ctx.space.objectives}
     except BelowFloor as e:

@@ -24,6 +24,14 @@ from searchcomp.space import CHOICES
 TRIAL_ERRORS = (Exception,)
 
 
+def weights_name(number: int) -> str:
+    """File stem of a trial's weights: its number, plus a random part so that studies of the
+    same name in different storages never overwrite each other's files."""
+    import uuid
+
+    return f"{number:05d}-{uuid.uuid4().hex[:8]}"
+
+
 def param_name(block: str, choice: str) -> str:
     """The Optuna parameter of a block's choice, e.g. ``layer1.0/conv``."""
     return f"{block}/{choice}"
@@ -157,7 +165,7 @@ class Searcher:
         t0 = time.perf_counter()
         try:
             trial.set_user_attr("seed", self.seed + trial.number)
-            outcome = run_trial(ctx, recipe, self.seed + trial.number, f"{trial.number:05d}",
+            outcome = run_trial(ctx, recipe, self.seed + trial.number, weights_name(trial.number),
                                 on_step=self.progress.step if self.progress else None)
         except BelowFloor as e:
             trial.set_user_attr("pruned_reason", str(e))
@@ -229,34 +237,60 @@ class Searcher:
         if todo == 0:
             return 0
         self.open_progress(n_trials, done)
-        self.target, self.surplus = n_trials, False
-        ran = 0
+        self.target = n_trials
+        ran = attempts = idle = 0
+        last_running: set[int] = set()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # One optimize() call per trial: the number done is re-read each time, so trials
             # that fail for a reason count, interrupted or stale ones do not, and resume is
             # exact. The bound stops a loop of trials that never count.
-            while ran < 3 * todo + 10:
+            while attempts < 3 * todo + 10:
                 if len(done_trials(self.study)) >= n_trials:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
+                self.surplus = False
                 self.run_one(left)
-                ran += 1
-                if self.surplus:  # the rest is running in other workers
+                if not self.surplus:
+                    ran += 1
+                    attempts += 1
+                    continue
+                # the quota is filled by trials running elsewhere: wait for them to finish,
+                # or to be found dead (a trial silent for 2 heartbeats is failed and requeued)
+                running = {t.number for t in self.study.get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,))}
+                idle = idle + 1 if running == last_running else 0
+                last_running = running
+                if idle >= 3 and not _has_heartbeat(self.study):
+                    print(f"stopping: trial(s) {sorted(running)} stay RUNNING and this storage "
+                          "has no heartbeat to tell a dead worker from a slow one; if no other "
+                          "worker runs them, they were left by a killed process",
+                          file=sys.stderr)
                     break
+                time.sleep(self.ctx.space.search.heartbeat_s)
+                optuna.storages.fail_stale_trials(self.study)
         finally:
             self.target = None
             self.close_progress()
         return ran
 
+def _has_heartbeat(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
 def enqueue_seeds(study: optuna.Study, ctx: TrialContext) -> int:
-    """Queue the base (every block ``keep``) and the space's uniform seed configurations,
-    once per study. Returns how many were queued."""
-    if study.user_attrs.get("seeded"):
-        return 0
+    """Queue the base (every block ``keep``) and the space's uniform seed configurations
+    that no done, queued or running trial of the study already has (so a seed interrupted
+    by Ctrl-C is queued again). Returns how many were queued."""
     from searchcomp.candidate import uniform_recipe
+
+    present = {tuple(sorted((t.params or t.system_attrs.get("fixed_params", {})).items()))
+               for t in study.get_trials(deepcopy=False)
+               if is_done(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
 
     head_values = ctx.space.blocks.head
     seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
@@ -270,10 +304,8 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext) -> int:
     for tag, recipe in seeds:
         params = recipe_params(recipe, ctx.blocks, head_values)
         key = tuple(sorted(params.items()))
-        if key in seen:
+        if key in seen or key in present:
             continue
         seen.add(key)
-        study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag},
-                            skip_if_exists=True)
-    study.set_user_attr("seeded", True)
+        study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
     return len(seen)

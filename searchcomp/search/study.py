@@ -18,9 +18,8 @@ COUNTED = "counted"
 
 
 def default_storage(space: Space, study_name: str | None = None) -> str:
-    """``sqlite:///<studies_dir>/<study>/study.db``, creating the folder."""
+    """``sqlite:///<studies_dir>/<study>/study.db``."""
     folder = Path(space.studies_dir) / (study_name or space.name)
-    folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'study.db'}"
 
 
@@ -84,9 +83,16 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name = study_name or space.name
     url = resolve_storage(space, storage, name)
-    if load_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise SearchcompError(f"no study yet: {url[len('sqlite:///'):]} does not exist; run "
-                              f"'searchcomp run {space.file}' first")
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if load_only and not db.is_file():
+            raise SearchcompError(f"no study yet: {db} does not exist; run "
+                                  f"'searchcomp run {space.file}' first")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    journal = url.removeprefix("journal:")
+    if load_only and url.startswith("journal:") and not Path(journal).is_file():
+        raise SearchcompError(f"no study yet: {journal} does not exist; run "
+                              f"'searchcomp run {space.file} --storage {url}' first")
     store = make_storage(url, space.search.heartbeat_s)
     if load_only:
         try:
@@ -108,6 +114,12 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
                                   for d in space.directions]:
         raise SearchcompError(f"study {name!r} in {url} was created with other objectives; "
                               "use --study NAME for a new one")
+    keys = sorted(k for k, v in space.constraints.model_dump().items() if v is not None)
+    if "constraints" in study.user_attrs and study.user_attrs["constraints"] != keys:
+        raise SearchcompError(f"study {name!r} was run with constraints "
+                              f"{study.user_attrs['constraints'] or 'none'}, now {keys or 'none'}; "
+                              "samplers cannot mix them: use --study NAME for a new study")
+    study.set_user_attr("constraints", keys)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(space.objectives))
