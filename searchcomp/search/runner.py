@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -270,11 +271,14 @@ class Searcher:
                           file=sys.stderr)
                     break
                 time.sleep(self.ctx.space.search.heartbeat_s)
-                optuna.storages.fail_stale_trials(self.study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
         finally:
             self.target = None
             self.close_progress()
         return ran
+
 
 def _has_heartbeat(study: optuna.Study) -> bool:
     from optuna.storages._heartbeat import is_heartbeat_enabled
