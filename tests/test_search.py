@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from searchcomp.cli import main
-from searchcomp.front import dominates
+from searchcomp.front import dominates, hypervolume
 from searchcomp.results import load_results
 from searchcomp.search.api import run_search
 from searchcomp.search.greedy import greedy_rule
@@ -69,7 +69,11 @@ def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     for r in res.front:
         k = (-r["accuracy"], r["size_mib"], r["latency_ms"])
         assert not any(dominates(o, k) for o in keys)
-    assert res.hypervolume > 0
+    assert res.hypervolume >= 0
+    # latency moves with the machine's load, so check the volume on accuracy and size only:
+    # the all-separable seed is far smaller than the base and above zero accuracy
+    complete = [r for r in res.rows if r["state"] == "complete"]
+    assert hypervolume(complete, ["accuracy", "size_mib"], res.base) > 0
     # the CLI prints the same front as JSON
     assert main(["front", str(space.file), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
