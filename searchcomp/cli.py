@@ -15,6 +15,9 @@ def _add_space(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the space file, e.g. --set data.train_size=2000 "
                         "(repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="small subsets and short fine-tunes (the space's quick: section and "
+                        "its own study, <name>-quick)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(trains nothing)")
     _add_space(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
 
     p = sub.add_parser("run", help="run (or resume) the search: trials until --trials are done")
     _add_space(p)
@@ -38,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
     p.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "gp", "random"])
     p.add_argument("--seed", type=int, help="sampler and trial seed")
-    p.add_argument("--quick", action="store_true",
-                   help="small subsets and short fine-tunes (the space's quick: section)")
     p.add_argument("--strategy", choices=["search", "greedy"], default="search",
                    help="search: multi-objective Optuna (default); greedy: the source's rule")
     p.add_argument("--threshold", type=float, default=0.70,
@@ -55,19 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
     _add_space(p)
     _add_study(p)
-    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
     _add_space(p)
     _add_study(p)
-    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--port", type=int, default=8080)
 
     p = sub.add_parser("export", help="take one trial away as a real, smaller model")
     _add_space(p)
     _add_study(p)
-    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--trial", type=int, required=True, help="the trial number (see 'front')")
     p.add_argument("--out", required=True, metavar="DIR", help="a folder that does not exist")
     p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"],
@@ -79,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page: front plots, choices, table")
     _add_space(p)
     _add_study(p)
-    p.add_argument("--quick", action="store_true", help="apply the space's quick: overrides")
     p.add_argument("--out", metavar="FILE", help="default: studies/<study>/report.html")
     return parser
 

@@ -22,7 +22,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,7 +45,7 @@ from searchcomp.deploy import (
 )
 from searchcomp.errors import SearchcompError
 from searchcomp.finetune import finetune
-from searchcomp.metrics import MIN_RUNS, count_params, size_mib
+from searchcomp.metrics import MIN_RUNS, count_params, size_mib, time_runs
 from searchcomp.models import input_shape
 from searchcomp.serialize import load_packed, save_packed
 from searchcomp.space import Space
@@ -275,7 +274,7 @@ def artifact_latency(folder: str | os.PathLike[str], space: Space,
 
         sess = onnx_session(Path(folder) / info["file"], threads)
         feed = {sess.get_inputs()[0].name: x.numpy()}
-        times = _timed(lambda: sess.run(None, feed), runs, warmup)
+        times = time_runs(lambda: sess.run(None, feed), runs, warmup)
         return statistics.median(times), \
             f"onnxruntime {ort.__version__} CPUExecutionProvider, {plural}"
     m = loaded if loaded is not None else load(folder)
@@ -284,22 +283,11 @@ def artifact_latency(folder: str | os.PathLike[str], space: Space,
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():  # TorchScript's profiling executor settles in the first runs
-            times = _timed(lambda: m(x), runs, max(warmup, 3 if kind == "TorchScript" else 0))
+            times = time_runs(lambda: m(x), runs, max(warmup, 3 if kind == "TorchScript" else 0))
     finally:
         torch.set_num_threads(old)
     version = torch.__version__.split("+")[0]
     return statistics.median(times), f"torch {version} {kind}, cpu, float32, {plural}"
-
-
-def _timed(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def _read_info(folder: Path) -> dict[str, Any]:

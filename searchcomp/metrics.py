@@ -110,7 +110,8 @@ def _float_dtype(m: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _time(fn, runs: int, warmup: int) -> list[float]:
+def time_runs(fn, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -158,7 +159,7 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: in
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                times = _time(lambda: m(x), runs, warmup)
+                times = time_runs(lambda: m(x), runs, warmup)
         finally:
             torch.set_num_threads(old)
         version = torch.__version__.split("+")[0]
@@ -201,7 +202,7 @@ def _ort_times(m: nn.Module, x: torch.Tensor, threads: int, runs: int,
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x.numpy()}
-    times = _time(lambda: sess.run(None, feed), runs, warmup)
+    times = time_runs(lambda: sess.run(None, feed), runs, warmup)
     return times, f"onnxruntime {ort.__version__} CPUExecutionProvider, {_threads(threads)}"
 
 
