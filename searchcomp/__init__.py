@@ -1,28 +1,66 @@
 """searchcomp: multi-objective compression search for PyTorch CNNs.
 
-Typical use from Python::
+The public API, in the order of the data flow::
 
     import searchcomp as sc
 
-    space = sc.load_space("spaces/resnet18-fashion.yaml")
-    print(sc.inspect_space(space).to_text())
+    space = sc.load_space("spaces/resnet18-fashion.yaml")   # YAML -> typed config (no torch)
+    summary = sc.run_search(space)                          # base, trials, Optuna study
+    results = sc.load_results(space)                        # the front, the base, every trial
+    sc.export_trial(space, results.front[0]["trial"], "exported")
+    model = sc.load("exported")                             # torch only (+ onnxruntime for ONNX)
+
+``Recipe`` + ``build`` turn a base model and per-block choices into a candidate, and
+``measure`` gives its params, MiB, FLOPs and latency. Attributes are imported on first use,
+so ``import searchcomp`` and ``load_space`` pull in neither torch nor Optuna.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from searchcomp.config import Space, load_space
+from searchcomp.errors import ChoiceError, DataError, SearchcompError, SpaceError
 
 __version__ = "0.1.0"
 
-from searchcomp.blocks import Block, find_blocks, find_head
-from searchcomp.candidate import Built, Recipe, build
-from searchcomp.data import Splits, load_splits
-from searchcomp.errors import ChoiceError, DataError, SearchcompError, SpaceError
-from searchcomp.export import export_trial, load
-from searchcomp.metrics import Metrics, count_params, flops, latency_ms, measure, size_mib
-from searchcomp.models import build_model
-from searchcomp.overview import inspect_space
-from searchcomp.space import Space, load_space
+#: public name -> the module that defines it (imported when the name is first used)
+_LAZY = {
+    "Recipe": "searchcomp.candidate",
+    "build": "searchcomp.candidate",
+    "measure": "searchcomp.measure",
+    "Metrics": "searchcomp.measure",
+    "inspect_space": "searchcomp.overview",
+    "run_search": "searchcomp.search.api",
+    "load_results": "searchcomp.results.study",
+    "export_trial": "searchcomp.results.export",
+    "load": "searchcomp.deploy.load",
+}
 
-__all__ = [
-    "Block", "Built", "ChoiceError", "DataError", "Metrics", "Recipe", "SearchcompError",
-    "Space", "SpaceError", "Splits", "build", "build_model", "count_params", "find_blocks",
-    "find_head", "flops", "inspect_space", "latency_ms", "load_space", "load_splits",
-    "measure", "size_mib", "export_trial", "load",
-]
+__all__ = ["ChoiceError", "DataError", "Metrics", "Recipe", "SearchcompError", "Space",
+           "SpaceError", "build", "export_trial", "inspect_space", "load", "load_results",
+           "load_space", "measure", "run_search"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'searchcomp' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from searchcomp.candidate import Recipe, build
+    from searchcomp.deploy.load import load
+    from searchcomp.measure import Metrics, measure
+    from searchcomp.overview import inspect_space
+    from searchcomp.results.export import export_trial
+    from searchcomp.results.study import load_results
+    from searchcomp.search.api import run_search

@@ -16,14 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchcomp import transforms
-from searchcomp.blocks import Block, head_value
+from searchcomp import choices
+from searchcomp.choices.fit import relative_error
+from searchcomp.choices.quant import quantize_module
+from searchcomp.config import FLOAT_BITS, KEEP, NEUTRAL
 from searchcomp.errors import ChoiceError
-from searchcomp.models import set_submodule
-from searchcomp.transforms.prune import prune_blocks
-from searchcomp.transforms.quant import quantize_module
+from searchcomp.models import Block, set_submodule
 
-NEUTRAL = {"conv": transforms.KEEP, "prune": 0.0, "bits": 32}
+#: the summary characters of the bit widths (``.`` = float)
+BITS_CODES = {FLOAT_BITS: ".", 16: "h", 8: "8", 6: "6", 4: "4", 2: "2"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Recipe:
     """
 
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    head: str = transforms.KEEP
+    head: str = KEEP
 
     def choice(self, block: str, name: str) -> Any:
         """The value of choice ``name`` for ``block`` (neutral if unset)."""
@@ -58,25 +59,29 @@ class Recipe:
             unknown = set(ch) - set(NEUTRAL)
             if unknown:
                 raise ChoiceError(f"recipe block {b}: unknown choices {sorted(unknown)}")
-        return cls(blocks, str(d.get("head", transforms.KEEP)))
+        return cls(blocks, str(d.get("head", KEEP)))
 
     def is_base(self) -> bool:
         """True when every choice is neutral: the candidate is the base model."""
-        return not self.to_dict()["blocks"] and self.head == transforms.KEEP
+        return not self.to_dict()["blocks"] and self.head == KEEP
 
     def summary(self, block_names: list[str]) -> str:
-        """Compact one-line form, e.g. ``conv S.SS|..M. prune ...`` per block in order."""
-        code = {"keep": ".", "separable": "S", "separable_bn": "B", "conv3d": "3", "meta": "M"}
-        conv = "".join(code.get(transforms.parse_value(self.choice(b, "conv"))[0], "?")
-                       for b in block_names)
+        """Compact one-line form, one character per block in model order for each choice
+        kind, e.g. ``conv S..M prune 2..5 bits 8.48 head meta:2`` (see :func:`legend`)."""
+        conv = "".join(choices.code(self.choice(b, "conv")) for b in block_names)
         prune = "".join("." if self.choice(b, "prune") == 0 else
                         str(min(9, round(10 * self.choice(b, "prune")))) for b in block_names)
-        bits = "".join({32: ".", 16: "h", 8: "8", 6: "6", 4: "4", 2: "2"}[self.choice(b, "bits")]
-                       for b in block_names)
+        bits = "".join(BITS_CODES[self.choice(b, "bits")] for b in block_names)
         return f"conv {conv} prune {prune} bits {bits} head {self.head}"
 
 
-def uniform_recipe(blocks: list[Block], head: str = transforms.KEEP,
+def legend() -> str:
+    """What the characters of :meth:`Recipe.summary` mean."""
+    return (f"choices: per block in model order; conv {choices.legend('conv')}; "
+            "prune digit = tenths of the filters removed; bits . float, h 16, 8/6/4/2")
+
+
+def uniform_recipe(blocks: list[Block], head: str = KEEP,
                    **choices: Any) -> Recipe:
     """The same choices on every block (where the block allows them)."""
     out = {}
@@ -95,16 +100,21 @@ class Built:
     init_errors: dict[str, float]
     #: per block, per pruned conv: (out channels before, after)
     pruned: dict[str, dict[str, tuple[int, int]]]
+    #: sizes of every layer pruning changed (see :func:`layer_sizes`): with the recipe, all
+    #: :func:`rebuild` needs to give the candidate's architecture without the base's weights
+    resized: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
           calib: torch.Tensor, *, prune_criterion: str = "l1",
           grad_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-          prune_round_to: int = 1) -> Built:
+          prune_round_to: int = 1, init: bool = True) -> Built:
     """Build the candidate of ``recipe`` from a copy of ``base`` (which is never modified).
 
     ``calib`` is a small batch of training inputs: local fits and init errors use the
-    activations it produces, and pruning traces the graph with one of its images.
+    activations it produces, and pruning traces the graph with one of its images. Without
+    ``init`` the replacements keep their constructed weights (for when a trained state is
+    loaded right after; the architecture is the same).
     """
     by_name = {b.name: b for b in blocks}
     unknown = set(recipe.blocks) - set(by_name)
@@ -117,42 +127,100 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
     ratios = {b: float(recipe.choice(b, "prune")) for b in by_name if recipe.choice(b, "prune")}
     pruned: dict[str, dict[str, tuple[int, int]]] = {}
     init_errors: dict[str, float] = {}
+    resized: dict[str, dict[str, int]] = {}
     if ratios:
+        from searchcomp.choices.prune import prune_blocks  # torch-pruning: only when pruning
+
+        sizes = layer_sizes(model)
         before = _block_io(model, calib[:ERROR_IMAGES], list(ratios))
-        round_to = {b: _round_to(recipe.choice(b, "conv"), prune_round_to) for b in ratios}
+        round_to = {b: math.lcm(prune_round_to, choices.channel_multiple(recipe.choice(b, "conv")))
+                    for b in ratios}
         pruned = prune_blocks(model, ratios, calib[:1], criterion=prune_criterion,
                               grad_batches=grad_batches, round_to=round_to)
+        resized = {n: s for n, s in layer_sizes(model).items() if sizes.get(n) != s}
         init_errors.update(_block_errors(model, before, "prune"))
 
-    targets: dict[str, tuple[str, int | None]] = {}
-    for b in by_name.values():
-        name, arg = transforms.parse_value(recipe.choice(b.name, "conv"))
-        if name != transforms.KEEP:
-            for conv_name in b.convs:
-                targets[conv_name] = (name, arg)
-    if recipe.head != transforms.KEEP:
-        targets[head_name] = head_value(recipe.head)
-
+    targets = _targets(recipe, blocks, head_name)
     if targets:
-        inputs = _capture_inputs(model, calib, list(targets))
-        for layer_name, (tname, arg) in targets.items():
+        inputs = _capture_inputs(model, calib, list(targets)) if init else {}
+        for layer_name, (target, value) in targets.items():
             layer = model.get_submodule(layer_name)
-            t = transforms.get(tname)
-            why = t.check(layer, arg)
+            name, arg = choices.parse_value(value, target)
+            c = choices.get(name, target)
+            why = c.check(layer, arg)
             if why:
-                raise ChoiceError(f"{tname}{'' if arg is None else f':{arg}'} cannot apply to "
-                                  f"{layer_name} after pruning: {why}")
-            applied = t.apply(layer, arg, inputs[layer_name])
+                raise ChoiceError(f"{value} cannot apply to {layer_name}"
+                                  f"{' after pruning' if ratios else ''}: {why}")
+            applied = c.apply(layer, arg, inputs.get(layer_name), init=init)
             set_submodule(model, layer_name, applied.module)
-            init_errors[layer_name] = float(applied.init_error)
+            if init:
+                init_errors[layer_name] = float(applied.init_error)
 
-    quantized = [b for b in by_name if int(recipe.choice(b, "bits")) != 32]
+    quantized = [b for b in by_name if int(recipe.choice(b, "bits")) != FLOAT_BITS]
     if quantized:
-        before = _block_io(model, calib[:ERROR_IMAGES], quantized)
+        before = _block_io(model, calib[:ERROR_IMAGES], quantized) if init else {}
         for b in quantized:
             quantize_module(model.get_submodule(b), int(recipe.choice(b, "bits")))
         init_errors.update(_block_errors(model, before, "bits"))
-    return Built(model.eval(), init_errors, pruned)
+    return Built(model.eval(), init_errors, pruned, resized)
+
+
+def _targets(recipe: Recipe, blocks: list[Block], head_name: str
+             ) -> dict[str, tuple[str, str]]:
+    """Layer name -> (target, value) of every layer the recipe replaces."""
+    out: dict[str, tuple[str, str]] = {}
+    for b in blocks:
+        value = recipe.choice(b.name, "conv")
+        if value != KEEP:
+            for conv_name in b.convs:
+                out[conv_name] = ("conv", value)
+    if recipe.head != KEEP:
+        out[head_name] = ("head", recipe.head)
+    return out
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The channel sizes of every Conv2d, BatchNorm and Linear of ``model``, by name."""
+    out: dict[str, dict[str, int]] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[n] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[n] = {"features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            out[n] = {"in": m.in_features, "out": m.out_features}
+    return out
+
+
+def resize_layers(model: nn.Module, sizes: dict[str, dict[str, int]]) -> None:
+    """Replace each named layer by one of the same kind with the given sizes (fresh weights):
+    the shapes filter pruning left, without tracing a dependency graph."""
+    for name, s in sizes.items():
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(s["in"], s["out"], m.kernel_size, m.stride, m.padding,
+                                       m.dilation, s["groups"], m.bias is not None,
+                                       m.padding_mode)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            new = type(m)(s["features"], m.eps, m.momentum, m.affine, m.track_running_stats)
+        elif isinstance(m, nn.Linear):
+            new = nn.Linear(s["in"], s["out"], m.bias is not None)
+        else:
+            raise ChoiceError(f"cannot resize {name}: a {type(m).__name__}")
+        set_submodule(model, name, new)
+
+
+def rebuild(arch: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
+            resized: dict[str, dict[str, int]]) -> nn.Module:
+    """The candidate's float architecture (untrained weights) from the base architecture
+    ``arch`` (modified in place and returned), the recipe and the layer sizes pruning left
+    (:attr:`Built.resized`). Needs only torch: what loading an exported state uses."""
+    resize_layers(arch, resized)
+    for layer_name, (target, value) in _targets(recipe, blocks, head_name).items():
+        name, arg = choices.parse_value(value, target)
+        new = choices.get(name, target).structure(arch.get_submodule(layer_name), arg)
+        set_submodule(arch, layer_name, new)
+    return arch.eval()
 
 
 #: images used to report the output error that pruning and quantization leave in a block
@@ -172,19 +240,9 @@ def _block_errors(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.
                   what: str) -> dict[str, float]:
     """Relative output error of each changed block on the same inputs as before the change,
     keyed ``<block>:<what>`` (a block's pruning or quantization, isolated from the others)."""
-    from searchcomp.transforms.fit import relative_error
-
     model.eval()
     return {f"{n}:{what}": relative_error(ref, model.get_submodule(n)(x))
             for n, (x, ref) in before.items()}
-
-
-def _round_to(conv_value: str, base: int) -> int:
-    """Channel multiple pruning must keep so a grouped replacement still divides them."""
-    name, arg = transforms.parse_value(conv_value)
-    if name in ("meta", "conv3d") and arg:
-        return math.lcm(base, arg)
-    return base
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from searchcomp.config import SAMPLERS
 from searchcomp.errors import SearchcompError
 
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(p)
     p.add_argument("--trials", type=int, help="finished trials wanted in the study in total")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
-    p.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "gp", "random"])
+    p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--seed", type=int, help="sampler and trial seed")
     p.add_argument("--strategy", choices=["search", "greedy"], default="search",
                    help="search: multi-objective Optuna (default); greedy: the source's rule")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, required=True, help="the trial number (see 'front')")
     p.add_argument("--out", required=True, metavar="DIR", help="a folder that does not exist")
     p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"],
-                   default="state_dict")
+                   default="state_dict", help="the artifact (default state_dict)")
     p.add_argument("--finetune-epochs", type=float, default=0, metavar="E",
                    help="fine-tune E more epochs before exporting (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
-    from searchcomp.results import load_results
+    from searchcomp.results.study import load_results
     space = _load(args)
     res = load_results(space, storage=args.storage, study_name=args.study)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
@@ -147,7 +148,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from searchcomp.dashboard import serve
+    from searchcomp.results.dashboard import serve
     space = _load(args)
     serve(space, port=args.port, storage=args.storage, study_name=args.study, log=_stderr)
     return 0
@@ -158,7 +159,7 @@ _LOADED: dict = {}
 
 def _load(args: argparse.Namespace):
     """Load the space the command names; later errors that name a field get its line."""
-    from searchcomp.space import load_space
+    from searchcomp.config import load_space
 
     space = load_space(args.space, args.overrides, quick=getattr(args, "quick", False))
     _LOADED["space"] = space
@@ -168,7 +169,7 @@ def _load(args: argparse.Namespace):
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from searchcomp.export import export_trial
+    from searchcomp.results.export import export_trial
 
     space = _load(args)
     export_trial(space, args.trial, Path(args.out), args.format, args.finetune_epochs,
@@ -180,7 +181,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from searchcomp.report import write_report
+    from searchcomp.results.report import write_report
 
     space = _load(args)
     path = write_report(space, out=Path(args.out) if args.out else None, storage=args.storage,

@@ -7,7 +7,7 @@ class SearchcompError(Exception):
     """Base class for every error caused by the user's input, not by a bug.
 
     ``field`` (dotted, e.g. ``model.arch``) names the space-file field at fault, so the
-    command line can add the file and line (see :meth:`searchcomp.space.Space.located`).
+    command line can add the file and line (see :meth:`searchcomp.config.Space.located`).
     """
 
     exit_code = 2

@@ -6,9 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from searchcomp.blocks import Block, find_blocks, find_head, space_size
-from searchcomp.models import build_model, check_forward, input_shape
-from searchcomp.space import Space
+from searchcomp.config import Space
+from searchcomp.models import (
+    Block,
+    build_model,
+    check_forward,
+    find_blocks,
+    find_head,
+    input_shape,
+    space_size,
+)
 
 
 @dataclass
@@ -73,7 +80,8 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
     blocks = find_blocks(model, space)
     head_name, _ = find_head(model, space)
 
-    from searchcomp.metrics import measure
+    from searchcomp.measure import measure
+
     if progress:
         progress(f"measuring the base model ({space.measure.runs} timed runs)...")
     mm = space.measure

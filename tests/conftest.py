@@ -72,8 +72,8 @@ studies_dir: {studies}
 def finished_study(tmp_path_factory):
     """A finished tiny study (6 search trials, then the greedy baseline in the same study);
     returns its loaded Space. Shared by the export and report tests: do not modify it."""
+    from searchcomp.config import load_space
     from searchcomp.search.api import run_search
-    from searchcomp.space import load_space
 
     root = tmp_path_factory.mktemp("study")
     p = root / "study.yaml"

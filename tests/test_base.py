@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from searchcomp.base import cache_path, obtain_base
+from searchcomp.config import load_space
 from searchcomp.data import load_splits
-from searchcomp.space import load_space
+from searchcomp.models.base import cache_path, obtain_base
 
 
 def test_train_then_reuse_cache(tiny_space_file):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from searchcomp.blocks import find_blocks, find_head, space_size
+from searchcomp.config import load_space
 from searchcomp.errors import SpaceError
-from searchcomp.models import build_model
-from searchcomp.space import load_space
+from searchcomp.models import build_model, find_blocks, find_head, space_size
 
 from .conftest import TINY_SPACE
 

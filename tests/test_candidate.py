@@ -7,15 +7,15 @@ import copy
 import pytest
 import torch
 
-from searchcomp.blocks import find_blocks, find_head
 from searchcomp.candidate import Recipe, build, uniform_recipe
+from searchcomp.choices.layers.meta import MetaConv2d, MetaLinear
+from searchcomp.choices.layers.separable import SeparableConv2d
+from searchcomp.choices.quant import weight_bits
+from searchcomp.config import load_space
 from searchcomp.errors import ChoiceError
-from searchcomp.metrics import count_params, size_mib
-from searchcomp.models import build_model
-from searchcomp.space import load_space
-from searchcomp.transforms.meta import MetaConv2d, MetaLinear
-from searchcomp.transforms.quant import weight_bits
-from searchcomp.transforms.separable import SeparableConv2d
+from searchcomp.measure import compute_size_mib as size_mib
+from searchcomp.measure import count_params
+from searchcomp.models import build_model, find_blocks, find_head
 
 
 @pytest.fixture

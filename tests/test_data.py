@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from searchcomp import data as data_mod
+from searchcomp.config import DataConfig, ModelConfig
 from searchcomp.data import load_splits, read_idx
+from searchcomp.data import readers as data_mod
 from searchcomp.errors import DataError
-from searchcomp.space import DataConfig, ModelConfig
 
 
 def _model(ch: int, size: int, classes: int = 10) -> ModelConfig:

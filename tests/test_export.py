@@ -14,13 +14,15 @@ import torch
 from optuna.trial import TrialState
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.choices.quant import quantized_tensors
+from searchcomp.config import load_space
+from searchcomp.deploy.formats import FORMATS
+from searchcomp.deploy.load import load
 from searchcomp.errors import SearchcompError
-from searchcomp.export import FORMATS, export_trial, load
+from searchcomp.results.export import export_trial
 from searchcomp.search.runner import Searcher, recipe_params
 from searchcomp.search.study import open_study
 from searchcomp.search.trial import prepare
-from searchcomp.space import load_space
-from searchcomp.transforms.quant import quantized_tensors
 
 MIXED = Recipe({
     "layer1.0": {"conv": "separable", "prune": 0.5, "bits": 8},
@@ -65,7 +67,7 @@ def mixed(finished_study, tmp_path_factory):
         failed.set_user_attr("fail_reason", "DivergedError: fine-tune loss is nan")
         study.tell(failed, state=TrialState.FAIL)
         pruned = study.ask()
-        pruned.set_user_attr("pruned_reason", "validation accuracy 0.05 < floor 0.5")
+        pruned.set_user_attr("stopped_reason", "validation accuracy 0.05 < floor 0.5")
         study.tell(pruned, state=TrialState.PRUNED)
 
     torch.manual_seed(space.search.seed + frozen.number)
@@ -86,16 +88,13 @@ def test_deploy_stores_every_width_as_integers_and_computes_the_same(tmp_path):
     """6- and 16-bit weights (not in the study's space) and a Conv3d / Linear too."""
     from torch import nn
 
-    from searchcomp.deploy import (
-        OnnxModule,
-        deploy,
-        load_torchscript,
-        onnx_initializer_dtypes,
-        save_onnx,
-        save_torchscript,
-    )
-    from searchcomp.transforms.conv3d import ChannelConv3d
-    from searchcomp.transforms.quant import quantize_module
+    from searchcomp.choices.layers.conv3d import ChannelConv3d
+    from searchcomp.choices.quant import quantize_module
+    from searchcomp.deploy.integer import integer_model as deploy
+    from searchcomp.deploy.onnx import OnnxModule
+    from searchcomp.deploy.onnx import export_onnx as save_onnx
+    from searchcomp.deploy.onnx import initializer_dtypes as onnx_initializer_dtypes
+    from searchcomp.deploy.torchscript import load_torchscript, save_torchscript
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           ChannelConv3d(8, 8, 4, (3, 3), padding=(1, 1)), nn.Conv2d(8, 6, 1),
@@ -177,7 +176,7 @@ def _quantized_names(model) -> dict[str, int]:
 
 
 def test_onnx_stores_integers(mixed, exported):
-    from searchcomp.deploy import onnx_initializer_dtypes
+    from searchcomp.deploy.onnx import initializer_dtypes as onnx_initializer_dtypes
 
     out = exported["onnx"][0]
     dtypes = onnx_initializer_dtypes(out / "model.onnx")
@@ -211,7 +210,7 @@ def test_torchscript_and_state_dict_store_integers_and_pruned_shapes(mixed, expo
 def test_bad_input_is_one_clear_error_and_writes_nothing(mixed, tmp_path):
     out = tmp_path / "deep" / "er" / "out"
     cases = [(10_000, "has no trial 10000"), (mixed.failed, "failed"),
-             (mixed.pruned, "was pruned")]
+             (mixed.pruned, "was stopped early")]
     for trial, message in cases:
         with pytest.raises(SearchcompError, match=message):
             export_trial(mixed.space, trial, out, log=_quiet)
@@ -227,7 +226,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(mixed, tmp_path):
 
 
 def test_failure_midway_removes_the_partial_folder(mixed, tmp_path, monkeypatch):
-    import searchcomp.export as export
+    import searchcomp.results.export as export
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -1,6 +1,6 @@
 """The shared finished study fixture is what the export and report tests expect."""
 
-from searchcomp.results import load_results
+from searchcomp.results.study import load_results
 
 
 def test_finished_study_has_front_and_greedy(finished_study):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from searchcomp.front import dominates, hypervolume, pareto_front
+from searchcomp.search.front import dominates, hypervolume, pareto_front
 
 OBJ = ["accuracy", "size_mib"]
 BASE = {"accuracy": 0.9, "size_mib": 10.0}

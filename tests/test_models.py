@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from searchcomp.config import ModelConfig
 from searchcomp.errors import SearchcompError
 from searchcomp.models import build_model, load_checkpoint
-from searchcomp.space import ModelConfig
 
 
 def _n(m: nn.Module) -> int:

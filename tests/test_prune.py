@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from searchcomp.metrics import count_params
-from searchcomp.transforms.prune import prunable_convs, prune_blocks
+from searchcomp.choices.prune import prunable_convs, prune_blocks
+from searchcomp.measure import count_params
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -203,7 +203,7 @@ def test_unknown_block_and_criterion_raise():
 def test_round_to_keeps_multiples():
     from torchvision.models import resnet18
 
-    from searchcomp.transforms.prune import n_remove, prune_blocks
+    from searchcomp.choices.prune import n_remove, prune_blocks
 
     assert n_remove(0.1, 64) == 6
     assert n_remove(0.1, 64, round_to=8) == 8  # keep 56, not 58

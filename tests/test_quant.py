@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from searchcomp.transforms.quant import (
+from searchcomp.choices.quant import (
     QuantizeWeight,
     integer_weights,
     materialize,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from searchcomp.front import hypervolume
-from searchcomp.report import default_out, hypervolume_by_trial, render, write_report
-from searchcomp.results import Results, load_results
+from searchcomp.results.report import default_out, hypervolume_by_trial, render, write_report
+from searchcomp.results.study import Results, load_results
+from searchcomp.search.front import hypervolume
 
 CHROMIUM = Path("/usr/bin/chromium")
 N_PLOTS = 5  # three Pareto scatters, the choices heatmap, the hypervolume curve

@@ -10,9 +10,9 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from searchcomp.results import load_results
+from searchcomp.config import load_space
+from searchcomp.results.study import load_results
 from searchcomp.search.study import done_trials, open_study
-from searchcomp.space import load_space
 
 from .test_search import _space_file
 

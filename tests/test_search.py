@@ -15,12 +15,12 @@ import pytest
 from optuna.trial import TrialState
 
 from searchcomp.cli import main
-from searchcomp.front import dominates, hypervolume
-from searchcomp.results import load_results
+from searchcomp.config import load_space
+from searchcomp.results.study import load_results
 from searchcomp.search.api import run_search
+from searchcomp.search.front import dominates, hypervolume
 from searchcomp.search.greedy import greedy_rule
 from searchcomp.search.study import done_trials, open_study
-from searchcomp.space import load_space
 
 SEARCH_SPACE = """\
 name: tiny-search
@@ -100,13 +100,13 @@ def test_failing_trials_are_recorded_and_the_run_finishes(tmp_path):
     assert all("DivergedError" in t.user_attrs["fail_reason"] for t in trials)
 
 
-def test_early_stop_floor_prunes(tmp_path):
+def test_early_stop_floor_stops_trials(tmp_path):
     space = load_space(_space_file(tmp_path, steps=4, trials=2),
                        ["finetune.min_accuracy=1.0", "finetune.check_at=0.5"])
     run_search(space, quiet=True, log=_quiet)
     trials = open_study(space, load_only=True).get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
-    assert "< floor 1.0000 after 2 fine-tune steps" in trials[0].user_attrs["pruned_reason"]
+    assert "< floor 1.0000 after 2 fine-tune steps" in trials[0].user_attrs["stopped_reason"]
 
 
 def test_greedy_rule_on_a_scripted_accuracy():

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from searchcomp.errors import SpaceError
-from searchcomp.space import load_space
+from searchcomp.config import load_space
+from searchcomp.errors import SearchcompError, SpaceError
+from searchcomp.models import build_model, find_blocks, find_head
 
 from .conftest import ROOT, TINY_SPACE
 
@@ -47,12 +48,10 @@ def _write(tmp_path: Path, text: str) -> Path:
     (("    prune: [0.0, 0.5]", "    prune: [0.0, 1.2]"), "blocks.default.prune", "prune:",
      "must be in [0, 1)"),
     (("    bits: [32, 8]", "    bits: [32, 3]"), "blocks.default.bits", "bits:", "not supported"),
-    (("    conv: [keep, separable, meta:4]", "    conv: [keep, sepparable]"),
-     "blocks.default.conv", "conv:", "unknown choice 'sepparable'"),
-    (("  head: [keep, meta:2]", "  head: [keep, separable]"), "blocks.head", "head:",
-     "must be 'keep' or 'meta:G'"),
-    (("  arch: resnet18", "  arch: resnet19"), "model.arch", "arch:",
-     "unknown torchvision architecture"),
+    (("    conv: [keep, separable, meta:4]", "    conv: [keep, 'meta:x']"),
+     "blocks.default.conv", "conv:", "must be 'name' or 'name:N'"),
+    (("  head: [keep, meta:2]", "  head: [keep, 'keep:2']"), "blocks.head", "head:",
+     "'keep' takes no argument"),
     (("  dataset: digits", "  dataset: imagenet"), "data.dataset", "dataset:", "Input should be"),
     (("  in_channels: 1", "  in_channels: 3"), "model.in_channels", "in_channels:", "1 channel"),
 ])
@@ -67,6 +66,34 @@ def test_bad_fields_name_file_field_and_line(tmp_path, patch, field, line, words
     assert e.value.line == expected
     assert words in str(e.value)
     assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("patch, field, line, words", [
+    (("    conv: [keep, separable, meta:4]", "    conv: [keep, sepparable]"),
+     "blocks.default.conv", "conv:", "unknown conv choice 'sepparable'"),
+    (("    conv: [keep, separable, meta:4]", "    conv: [keep, meta]"),
+     "blocks.default.conv", "conv:", "'meta' needs an argument"),
+    (("  head: [keep, meta:2]", "  head: [keep, separable]"), "blocks.head", "head:",
+     "unknown head choice 'separable'; head choices: keep, meta"),
+    (("  arch: resnet18", "  arch: resnet19"), "model.arch", "arch:",
+     "unknown torchvision architecture"),
+])
+def test_checks_against_the_registry_and_torchvision_name_the_line(tmp_path, patch, field, line,
+                                                                   words):
+    """Reading a space file needs no torch, so names of choices and architectures are checked
+    when the model is built; the error still names the file, the field and the line."""
+    text = TINY_SPACE.replace(*patch)
+    p = _write(tmp_path, text)
+    space = load_space(p)
+    with pytest.raises(SearchcompError) as e:
+        model = build_model(space.model)
+        find_blocks(model, space)
+        find_head(model, space)
+    err = space.located(e.value)
+    assert err.field == field
+    assert err.line == 1 + next(i for i, t in enumerate(text.splitlines())
+                                if t.strip().startswith(line))
+    assert words in str(err) and str(p) in str(err)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -1,9 +1,13 @@
-"""Search drivers: the Optuna multi-objective loop and the greedy baseline."""
+"""Search drivers: a trial as a pure function, the Optuna study it is stored in, the local
+loop, the greedy baseline and the Ray Tune backend."""
 
+from searchcomp.search.api import RunSummary, run_search
 from searchcomp.search.greedy import greedy_rule, run_greedy
 from searchcomp.search.runner import Searcher, enqueue_seeds, sample_recipe
+from searchcomp.search.samplers import make_sampler
 from searchcomp.search.study import done_trials, open_study
 from searchcomp.search.trial import TrialContext, TrialOutcome, prepare, run_trial
 
-__all__ = ["Searcher", "TrialContext", "TrialOutcome", "done_trials", "enqueue_seeds",
-           "greedy_rule", "open_study", "prepare", "run_greedy", "run_trial", "sample_recipe"]
+__all__ = ["RunSummary", "Searcher", "TrialContext", "TrialOutcome", "done_trials",
+           "enqueue_seeds", "greedy_rule", "make_sampler", "open_study", "prepare",
+           "run_greedy", "run_search", "run_trial", "sample_recipe"]

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from searchcomp.config import Space
 from searchcomp.search.greedy import run_greedy
 from searchcomp.search.runner import Searcher, enqueue_seeds
 from searchcomp.search.study import done_trials, open_study, resolve_storage
 from searchcomp.search.trial import prepare
-from searchcomp.space import Space
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The greedy baseline of source 000, as trials in the same study as the search.
 
-Rule: swap blocks to ``separable`` one at a time from the input side (top-down), fine-tune,
+Rule: swap blocks to the depthwise-separable conv one at a time from the input side (top-down), fine-tune,
 keep a swap if validation accuracy stays at or above the threshold, else revert; then a
 bottom-up pass over the blocks still unswapped. Each step rebuilds the candidate from the base
 with every kept swap plus the new one and gives it the same fine-tune as any search trial, so
@@ -17,11 +17,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from searchcomp import choices
 from searchcomp.candidate import Recipe
 from searchcomp.search.runner import Searcher, recipe_params
 from searchcomp.search.study import is_done
 
-SWAP = "separable"
+
+def swap_value() -> str:
+    """The conv choice the greedy rule swaps in: the one that declares ``greedy_swap``
+    (source 000 swapped 3x3 convs for depthwise-separable ones)."""
+    for c in choices.all_choices("conv"):
+        if getattr(c, "greedy_swap", False) and not c.needs_arg:
+            return c.name
+    raise RuntimeError("no conv choice declares greedy_swap = True")
 
 
 @dataclass
@@ -66,11 +74,12 @@ def run_greedy(searcher: Searcher, threshold: float) -> dict[str, Any]:
     which is also stored as the study's ``greedy`` user attribute."""
     ctx, study = searcher.ctx, searcher.study
     head_values = ctx.space.blocks.head
-    eligible = [b.name for b in ctx.blocks if SWAP in b.choices.conv]
+    swap = swap_value()
+    eligible = [b.name for b in ctx.blocks if swap in b.choices.conv]
 
     def evaluate(swapped: frozenset[str], block: str, step: int, direction: str
                  ) -> tuple[float | None, int | None]:
-        recipe = Recipe({b: {"conv": SWAP} for b in swapped})
+        recipe = Recipe({b: {"conv": swap} for b in swapped})
         params = recipe_params(recipe, ctx.blocks, head_values)
         trial = _find_step(study, step, params)
         if trial is None:

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from searchcomp.candidate import Recipe
 from searchcomp.errors import SearchcompError
 from searchcomp.search.runner import format_line, sample_recipe, weights_name
-from searchcomp.search.study import COUNTED, done_trials, trial_row
+from searchcomp.search.study import COUNTED, STOPPED_REASON, done_trials, trial_row
 from searchcomp.search.trial import TrialContext
 
 RESULT_KEY = "searchcomp"
@@ -46,8 +46,8 @@ _CONTEXTS: dict[WorkerSpec, TrialContext] = {}
 def _context(spec: WorkerSpec) -> TrialContext:
     """The trial context, built once per worker process (the base comes from the cache)."""
     if spec not in _CONTEXTS:
+        from searchcomp.config import load_space
         from searchcomp.search.trial import prepare
-        from searchcomp.space import load_space
 
         space = load_space(spec.space_file, list(spec.overrides), quick=spec.quick)
         _CONTEXTS[spec] = prepare(space, progress=False, log=lambda m: None,
@@ -60,8 +60,8 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     import torch
     from ray import tune
 
-    from searchcomp.finetune import BelowFloor
     from searchcomp.search.trial import run_trial
+    from searchcomp.train import BelowFloor
 
     torch.set_num_threads(spec.threads)
     number = int(config["_number"])
@@ -76,7 +76,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
         out.update(outcome.to_attrs())
         metrics = {o: float(outcome.metrics[o]) for o in ctx.space.objectives}
     except BelowFloor as e:
-        out.update({"pruned_reason": str(e), "accuracy_at_check": e.accuracy})
+        out.update({STOPPED_REASON: str(e), "accuracy_at_check": e.accuracy})
         metrics = {}
     except Exception as e:  # the trial's own result: recorded, the search goes on
         out.update({"fail_reason": f"{type(e).__name__}: {e}"[:2000], COUNTED: True})
@@ -108,7 +108,7 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, on_row: Callable[[dic
                 ot_trial.set_constraint(k, float(v))
             if "fail_reason" in attrs:
                 state, values = TrialState.FAIL, None
-            elif "pruned_reason" in attrs:
+            elif STOPPED_REASON in attrs:
                 state, values = TrialState.PRUNED, None
             else:
                 state, values = TrialState.COMPLETE, [float(result[o]) for o in objectives]

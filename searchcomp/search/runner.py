@@ -11,14 +11,20 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
-from searchcomp import transforms
-from searchcomp.blocks import Block
-from searchcomp.candidate import NEUTRAL, Recipe
-from searchcomp.finetune import BelowFloor, total_steps
-from searchcomp.front import pareto_front
-from searchcomp.search.study import COUNTED, done_trials, is_done, trial_row
+from searchcomp.candidate import Recipe
+from searchcomp.config import CHOICES, KEEP, NEUTRAL
+from searchcomp.models import Block
+from searchcomp.search.front import pareto_front
+from searchcomp.search.study import (
+    COUNTED,
+    SKIPPED,
+    STOPPED_REASON,
+    done_trials,
+    is_done,
+    trial_row,
+)
 from searchcomp.search.trial import TrialContext, run_trial
-from searchcomp.space import CHOICES
+from searchcomp.train import BelowFloor, total_steps
 
 #: failures that are a trial's own result (an impossible combination, a NaN loss, out of
 #: memory, a bug a choice triggers): recorded with the reason, then the search goes on
@@ -65,7 +71,7 @@ def recipe_params(recipe: Recipe, blocks: list[Block], head_values: tuple[str, .
                 v = NEUTRAL[c] if NEUTRAL[c] in allowed else allowed[0]
             params[param_name(b.name, c)] = v
     head = recipe.head if recipe.head in head_values else (
-        transforms.KEEP if transforms.KEEP in head_values else head_values[0])
+        KEEP if KEEP in head_values else head_values[0])
     params["head"] = head
     return params
 
@@ -110,7 +116,8 @@ def format_line(row: dict[str, Any]) -> str:
     """One line per finished trial for the log."""
     n, state = row["trial"], row["state"]
     if state != "complete":
-        return f"trial {n:>4} {state:<8} {row.get('summary', '')}  {row.get('fail_reason', '')}"
+        why = row.get("fail_reason") or row.get(STOPPED_REASON) or ""
+        return f"trial {n:>4} {state:<8} {row.get('summary', '')}  {why}"
     feas = "" if row.get("feasible", True) else " (infeasible)"
     if row.get("duplicate_of") is not None:
         feas += f" (same choices as trial {row['duplicate_of']}: not run again)"
@@ -131,7 +138,7 @@ class Searcher:
         self.on_result: Callable[[dict[str, Any]], None] | None = None
         #: the study's quota of done trials while :meth:`run` runs (several workers share it)
         self.target: int | None = None
-        self.surplus = False
+        self.skipped = False
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
@@ -139,9 +146,9 @@ class Searcher:
         ctx = self.ctx
         if self.target is not None and self._ahead(trial) >= self.target:
             # other workers on this study already fill the quota: give the slot back
-            trial.set_user_attr("surplus", True)
-            self.surplus = True
-            raise optuna.TrialPruned("surplus: the study has enough trials done or running")
+            trial.set_user_attr(SKIPPED, True)
+            self.skipped = True
+            raise optuna.TrialPruned("skipped: the study has enough trials done or running")
         recipe = sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("summary", recipe.summary(ctx.block_names))
@@ -149,7 +156,7 @@ class Searcher:
         if self._running_twin(trial):
             # another worker (same sampler seed) is running these very choices: give the slot
             # back; the sampler proposes something else next time
-            trial.set_user_attr("surplus", True)
+            trial.set_user_attr(SKIPPED, True)
             raise optuna.TrialPruned("skipped: another worker runs the same choices")
         same = self._same_recipe(trial)
         if same is not None:  # samplers can repeat themselves; a fine-tune is too dear to redo
@@ -169,7 +176,7 @@ class Searcher:
             outcome = run_trial(ctx, recipe, self.seed + trial.number, weights_name(trial.number),
                                 on_step=self.progress.step if self.progress else None)
         except BelowFloor as e:
-            trial.set_user_attr("pruned_reason", str(e))
+            trial.set_user_attr(STOPPED_REASON, str(e))
             trial.set_user_attr("accuracy_at_check", e.accuracy)
             raise optuna.TrialPruned(str(e)) from None
         except TRIAL_ERRORS as e:
@@ -203,11 +210,9 @@ class Searcher:
         return None
 
     def _callback(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        if frozen.user_attrs.get("surplus"):
+        if frozen.user_attrs.get(SKIPPED):
             return
         row = trial_row(frozen, self.objectives)
-        if frozen.state == TrialState.PRUNED:
-            row["fail_reason"] = frozen.user_attrs.get("pruned_reason", "")
         if self.progress:
             rows = [trial_row(t, self.objectives) for t in done_trials(study)
                     if t.state == TrialState.COMPLETE]
@@ -252,9 +257,9 @@ class Searcher:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                self.surplus = False
+                self.skipped = False
                 self.run_one(left)
-                if not self.surplus:
+                if not self.skipped:
                     ran += 1
                     attempts += 1
                     continue
@@ -300,9 +305,9 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext) -> int:
     seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
     for cfg in ctx.space.search.seed_configs:
         cfg = dict(cfg)
-        head = str(cfg.pop("head", transforms.KEEP))
+        head = str(cfg.pop("head", KEEP))
         tag = "uniform " + " ".join(f"{k}={v}" for k, v in {**cfg, "head": head}.items()
-                                    if not (k == "head" and v == transforms.KEEP))
+                                    if not (k == "head" and v == KEEP))
         seeds.append((tag, uniform_recipe(ctx.blocks, head=head, **cfg)))
     seen = set()
     for tag, recipe in seeds:

@@ -9,12 +9,17 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchcomp.config import Space
 from searchcomp.errors import SearchcompError
-from searchcomp.space import Space
+from searchcomp.search.samplers import make_sampler
 
-SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 #: user attribute set on a trial whose failure is its own result (not an interruption)
 COUNTED = "counted"
+#: user attribute of a slot a worker gave back without running it (the quota was filled
+#: elsewhere, or another worker runs the same choices); Optuna records it as PRUNED
+SKIPPED = "skipped"
+#: user attribute of a trial stopped early by the accuracy floor (Optuna: PRUNED)
+STOPPED_REASON = "stopped_reason"
 
 
 def default_storage(space: Space, study_name: str | None = None) -> str:
@@ -52,28 +57,6 @@ def make_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(path))
     raise SearchcompError(f"--storage: {url!r} is not a database URL (sqlite:///file.db, "
                           "postgresql://...) nor a journal file (journal:path.log)")
-
-
-def make_sampler(name: str, seed: int, n_trials: int, population: int | None
-                 ) -> optuna.samplers.BaseSampler:
-    """The sampler called ``name``. Constraints reach NSGA-II/III, TPE and GP through
-    ``trial.set_constraint`` (the random sampler ignores them)."""
-    pop = population or max(4, min(50, n_trials // 4))
-    startup = min(10, max(2, n_trials // 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
-        if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                              n_startup_trials=startup)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise SearchcompError(f"--sampler: unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
 
 
 def open_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
@@ -127,9 +110,9 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
 
 
 def is_done(t: FrozenTrial) -> bool:
-    """Finished for good: complete, pruned, or failed for its own reasons (not interrupted,
-    and not a surplus slot another worker gave back)."""
-    if t.user_attrs.get("surplus"):
+    """Finished for good: complete, stopped early, or failed for its own reasons (not
+    interrupted, and not a slot a worker skipped)."""
+    if t.user_attrs.get(SKIPPED):
         return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
@@ -140,14 +123,23 @@ def done_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if is_done(t)]
 
 
+def state_name(t: FrozenTrial) -> str:
+    """``complete``, ``stopped`` (early, by the accuracy floor), ``skipped`` (a slot given
+    back), ``fail``, ``running`` or ``waiting``: Optuna's PRUNED is told apart by its cause."""
+    if t.state == TrialState.PRUNED:
+        return SKIPPED if t.user_attrs.get(SKIPPED) else "stopped"
+    return t.state.name.lower()
+
+
 def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A finished trial's stored results as one plain dict."""
     a = t.user_attrs
-    row = {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"),
+    row = {"trial": t.number, "state": state_name(t), "recipe": a.get("recipe"),
            "summary": a.get("summary"), "strategy": a.get("strategy", "search"),
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
     for k in ("accuracy", "params", "size_mib", "latency_ms", "flops", "latency_runtime",
-              "weights", "finetune_seconds", "max_init_error", "fail_reason", "duplicate_of"):
+              "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
+              "duplicate_of"):
         if k in a:
             row[k] = a[k]
     return row

@@ -16,15 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchcomp.base import obtain_base
-from searchcomp.blocks import Block, find_blocks, find_head
 from searchcomp.candidate import Recipe, build
+from searchcomp.config import Space
 from searchcomp.data import Splits, load_splits
-from searchcomp.finetune import finetune
-from searchcomp.metrics import measure
-from searchcomp.models import input_shape
-from searchcomp.space import Space
-from searchcomp.train import evaluate
+from searchcomp.measure import measure
+from searchcomp.models import Block, find_blocks, find_head, input_shape, obtain_base
+from searchcomp.train import evaluate, finetune
 
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
 #: images whose activations drive local fits and init errors (more costs build time)
@@ -124,7 +121,7 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
               on_step: Callable[[int, int, float], None] | None = None) -> TrialOutcome:
     """Build the candidate of ``recipe``, fine-tune it, score it on validation, save it.
 
-    Raises :class:`searchcomp.finetune.BelowFloor` when the early-stop floor is missed,
+    Raises :class:`searchcomp.train.BelowFloor` when the early-stop floor is missed,
     :class:`searchcomp.errors.ChoiceError` for an impossible combination and
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """

@@ -1,0 +1,34 @@
+"""The space file: a YAML file parsed once into frozen, typed config objects.
+
+Nothing here imports torch or Optuna, so reading and checking a space file is cheap; checks
+that need the model (a glob that matches no block, a choice a layer cannot take) happen when
+the model is built, and point at the same file and line.
+"""
+
+from searchcomp.config.loader import load_space, parse_override
+from searchcomp.config.schema import (
+    CHOICES,
+    FLOAT_BITS,
+    KEEP,
+    NEUTRAL,
+    OBJECTIVES,
+    SAMPLERS,
+    SUPPORTED_BITS,
+    BaseSourceConfig,
+    BlocksConfig,
+    ChoiceSet,
+    ConstraintsConfig,
+    DataConfig,
+    DistillConfig,
+    FinetuneConfig,
+    MeasureConfig,
+    ModelConfig,
+    SearchConfig,
+    Space,
+    split_value,
+)
+
+__all__ = ["CHOICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "SAMPLERS", "SUPPORTED_BITS",
+           "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
+           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "SearchConfig",
+           "Space", "load_space", "parse_override", "split_value"]

@@ -1,0 +1,371 @@
+"""The space file: YAML parsed once into frozen, validated config objects.
+
+Every error a user can make in the file (unknown key, wrong type, out-of-range value) comes
+back as one :class:`~searchcomp.errors.SpaceError` naming the file, the field and the line.
+Checks that need the model (a block glob that matches nothing, meta groups that do not divide
+a layer's channels) call :meth:`Space.error` later, which finds the line the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from searchcomp.config.fields import line_of, split_field
+from searchcomp.errors import SearchcompError, SpaceError
+
+#: weight bit widths a block may use; 32 means float
+SUPPORTED_BITS = (2, 4, 6, 8, 16, 32)
+FLOAT_BITS = 32
+DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder")
+#: channel count of each built-in dataset, to catch a model that cannot read it
+DATASET_CHANNELS = {"cifar10": 3, "cifar100": 3, "mnist": 1, "fashion_mnist": 1, "digits": 1}
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimize",
+              "latency_ms": "minimize", "flops": "minimize"}
+#: the per-block choice kinds, and the value of each that leaves a block as it is
+CHOICES = ("conv", "prune", "bits")
+KEEP = "keep"
+NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
+
+
+def split_value(value: str) -> tuple[str, int | None]:
+    """Split a conv or head choice value ``name`` / ``name:ARG`` into ``(name, ARG)``.
+
+    Only the syntax is checked here (no torch): whether ``name`` is a registered choice and
+    takes an argument is checked against the choice registry when the model is built."""
+    text = str(value).strip()
+    if not _VALUE.match(text):
+        raise ValueError(f"choice value {value!r} must be 'name' or 'name:N' (N an integer), "
+                         "e.g. 'keep', 'separable', 'meta:4'")
+    name, _, arg = text.partition(":")
+    if name == KEEP and arg:
+        raise ValueError("'keep' takes no argument")
+    return name, int(arg) if arg else None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The network: a torchvision architecture by name or a user factory ``pkg.mod:fn``."""
+
+    arch: str = "resnet50"
+    num_classes: int = Field(10, ge=2)
+    in_channels: int = Field(3, ge=1)
+    image_size: int = Field(32, ge=8, le=1024)
+    #: 3x3 stride-1 stem and no max-pool, as ResNets on CIFAR use
+    small_input: bool = True
+    #: extra keyword arguments for a factory (or the torchvision constructor)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        # a torchvision name is checked when the model is built (that needs torchvision)
+        if ":" in v and not _FACTORY.match(v):
+            raise ValueError(f"factory {v!r} must look like 'package.module:function'")
+        return v
+
+
+class DataConfig(_Strict):
+    """Which images, and the deterministic train / validation / test subsets drawn from them."""
+
+    dataset: Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder"]
+    #: where the files are (or are downloaded to); for ``folder``, the image folder itself
+    root: str | None = None
+    train_size: int = Field(5000, ge=1)
+    val_size: int = Field(1000, ge=1)
+    test_size: int = Field(2000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
+    #: fetch torchvision-format archives when they are missing (needs internet)
+    download: bool = True
+
+    @model_validator(mode="after")
+    def _root(self) -> DataConfig:
+        if self.dataset == "folder" and not self.root:
+            raise ValueError("dataset 'folder' needs 'root': the image folder path")
+        return self
+
+
+class BaseSourceConfig(_Strict):
+    """Where the trained base network comes from."""
+
+    source: Literal["train", "pretrained", "checkpoint"] = "train"
+    #: checkpoint file (a state_dict, or a dict holding one under 'state_dict' or 'model')
+    path: str | None = None
+    #: epochs of training here (``train``), or of transfer fine-tuning after ``pretrained``
+    epochs: int = Field(5, ge=0)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+    @model_validator(mode="after")
+    def _path(self) -> BaseSourceConfig:
+        if self.source == "checkpoint" and not self.path:
+            raise ValueError("source 'checkpoint' needs 'path': the checkpoint file")
+        if self.source == "train" and self.epochs < 1:
+            raise ValueError("source 'train' needs epochs >= 1")
+        return self
+
+
+class ChoiceSet(_Strict):
+    """Allowed values of each per-block choice; a missing key keeps the layer as it is."""
+
+    conv: tuple[str, ...] | None = None
+    prune: tuple[float, ...] | None = None
+    bits: tuple[int, ...] | None = None
+
+    @field_validator("conv", "prune", "bits", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if v is None or isinstance(v, (list, tuple)):
+            return v
+        return [v]
+
+    @field_validator("conv", "prune", "bits")
+    @classmethod
+    def _nonempty(cls, v: tuple | None) -> tuple | None:
+        if v is not None:
+            if not v:
+                raise ValueError("list of values must not be empty")
+            if len(set(v)) != len(v):
+                raise ValueError(f"values repeat: {list(v)}")
+        return v
+
+    @field_validator("conv")
+    @classmethod
+    def _conv(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for value in v or ():
+            split_value(value)
+        return v
+
+    @field_validator("prune")
+    @classmethod
+    def _prune(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        for r in v or ():
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"prune ratio {r} must be in [0, 1): the share of a block's "
+                                 "filters to remove")
+        return v
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        for b in v or ():
+            if b not in SUPPORTED_BITS:
+                raise ValueError(f"bit width {b} is not supported; use one of "
+                                 f"{', '.join(map(str, SUPPORTED_BITS))} (32 = float)")
+        return v
+
+    def merged(self, other: ChoiceSet) -> ChoiceSet:
+        """This set with every choice ``other`` defines replaced by ``other``'s values."""
+        return ChoiceSet(**{k: getattr(other, k) if getattr(other, k) is not None
+                            else getattr(self, k) for k in CHOICES})
+
+
+class BlocksConfig(_Strict):
+    """Which modules are blocks, and what may be tried on each."""
+
+    #: ``auto`` = every residual block (torchvision BasicBlock/Bottleneck); else globs on names
+    select: str | tuple[str, ...] = "auto"
+    default: ChoiceSet = ChoiceSet()
+    #: glob on block names -> choices that replace the defaults for matching blocks
+    per_block: dict[str, ChoiceSet] = Field(default_factory=dict)
+    #: classifier choices: ``keep`` or a head choice such as ``meta:G``
+    head: tuple[str, ...] = (KEEP,)
+    #: the classifier module; ``auto`` = the last nn.Linear
+    head_module: str = "auto"
+    #: pruning keeps channel counts at multiples of this (and of meta/conv3d arguments)
+    prune_round_to: int = Field(1, ge=1)
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _select(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("list of values must not be empty")
+        for value in v:
+            split_value(value)
+        if len(set(v)) != len(v):
+            raise ValueError(f"values repeat: {list(v)}")
+        return v
+
+
+class DistillConfig(_Strict):
+    """Loss = alpha * CE(y, student) + (1 - alpha) * T^2 * KL(teacher/T || student/T)."""
+
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+
+class FinetuneConfig(_Strict):
+    """The short fine-tune each candidate gets."""
+
+    epochs: float = Field(1.0, gt=0)
+    #: if set, a fixed number of optimizer steps instead of epochs
+    steps: int | None = Field(None, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    loss: Literal["distill", "ce"] = "distill"
+    distill: DistillConfig = DistillConfig()
+    #: calibration batches for local fits and the Taylor criterion
+    calib_batches: int = Field(2, ge=1)
+    prune_criterion: Literal["l1", "taylor"] = "l1"
+    #: stop a trial whose validation accuracy part-way is below this floor
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    #: fraction of the fine-tune after which ``min_accuracy`` is checked
+    check_at: float = Field(0.5, gt=0, lt=1)
+
+
+class ConstraintsConfig(_Strict):
+    """Limits a feasible candidate must meet; infeasible ones rank behind feasible ones."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    max_params: int | None = Field(None, ge=1)
+    max_size_mib: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+
+
+class MeasureConfig(_Strict):
+    """How latency is measured: on the deployed model, fixed threads, median of many runs."""
+
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    runs: int = Field(30, ge=30)
+    warmup: int = Field(5, ge=1)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+
+
+class SearchConfig(_Strict):
+    """The search driver's settings (the command line may override them)."""
+
+    trials: int = Field(50, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    sampler: str = "nsga2"
+    seed: int = 0
+    #: Optuna storage URL; default ``sqlite:///<studies_dir>/<name>/study.db``
+    storage: str | None = None
+    #: NSGA-II/III population; default: trials // 4, between 4 and 50
+    population_size: int | None = Field(None, ge=2)
+    #: a running trial's heartbeat; a trial silent for 2x this is failed and run again
+    heartbeat_s: int = Field(30, ge=1)
+    #: uniform configurations tried first, e.g. ``{conv: separable}`` or ``{bits: 8}``
+    seed_configs: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; use one of {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("seed_configs")
+    @classmethod
+    def _seeds(cls, v: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for cfg in v:
+            unknown = set(cfg) - {*CHOICES, "head"}
+            if unknown:
+                raise ValueError(f"seed config keys must be among conv, prune, bits, head; "
+                                 f"got {sorted(unknown)}")
+            ChoiceSet(**{k: [cfg[k]] for k in CHOICES if k in cfg})  # same value checks
+            if "head" in cfg:
+                BlocksConfig(head=[cfg["head"]])
+        return v
+
+
+class Space(_Strict):
+    """A whole space file, validated. Build it with :func:`load_space`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    base: BaseSourceConfig = BaseSourceConfig()
+    blocks: BlocksConfig = BlocksConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    objectives: tuple[str, ...] = ("accuracy", "size_mib", "latency_ms")
+    constraints: ConstraintsConfig = ConstraintsConfig()
+    measure: MeasureConfig = MeasureConfig()
+    search: SearchConfig = SearchConfig()
+    #: overrides (``dotted.key: value``) that ``--quick`` applies
+    quick: dict[str, Any] = Field(default_factory=dict)
+    #: where studies and cached base models are written
+    studies_dir: str = "studies"
+
+    # Not fields: where the space came from, to point errors at lines.
+    _file: str = ""
+    _lines: dict[tuple, int] = {}
+    _overridden: tuple[str, ...] = ()
+    _args: tuple = ()
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one objective is needed")
+        for o in v:
+            if o not in OBJECTIVES:
+                raise ValueError(f"unknown objective {o!r}; use any of {', '.join(OBJECTIVES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives repeat: {list(v)}")
+        return v
+
+    @property
+    def file(self) -> str:
+        """The space file this came from."""
+        return self._file
+
+    @property
+    def load_args(self) -> tuple[str, tuple[str, ...], bool]:
+        """(file, --set overrides, quick) this space was loaded with, to load it elsewhere."""
+        return self._args
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions of the objectives, in order."""
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def line_of(self, field: str) -> int | None:
+        """The line of ``field`` (dotted) in the file, or of its nearest present parent."""
+        return line_of(self._lines, split_field(field))
+
+    def error(self, field: str, message: str) -> SpaceError:
+        """A SpaceError for ``field`` with the file and line filled in (raise it); a field
+        that ``--set`` gave is blamed on ``--set``."""
+        path = split_field(field)
+        for key in self._overridden:
+            k = split_field(key)
+            if path[:len(k)] == k or k[:len(path)] == path:
+                return SpaceError(message, file="--set", field=field)
+        return SpaceError(message, file=self._file, field=field, line=self.line_of(field))
+
+    def located(self, e: SearchcompError) -> SearchcompError:
+        """``e`` with this file and the line of its field, when it names one."""
+        if isinstance(e, SpaceError) or not e.field:
+            return e
+        msg = str(e)
+        if msg.startswith(e.field + ": "):
+            msg = msg[len(e.field) + 2:]
+        return self.error(e.field, msg)
+
+    def study_dir(self, study_name: str | None = None) -> Path:
+        """Folder of a study of this space (default: the one named like the space): the
+        trials' weights, reports."""
+        return Path(self.studies_dir) / (study_name or self.name)
+

@@ -1,0 +1,51 @@
+"""TorchScript artifacts: the integer-weight model traced, saved without debug records."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+def _clear_caches(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.jit.ScriptModule) and hasattr(m, "cache"):
+            m.cache = None
+
+
+def save_torchscript(model: nn.Module, example: Tensor, path: str | os.PathLike[str]) -> None:
+    """Trace ``model`` (from :func:`~searchcomp.deploy.integer.integer_model` with ``cache=True``) on ``example`` and
+    save it, without the float weights the trace run cached."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice, tracer warnings
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        _clear_caches(traced)
+        _clear_caches(model)
+        torch.jit.save(traced, str(path))
+    _strip_debug_info(path)
+
+
+def _strip_debug_info(path: str | os.PathLike[str]) -> None:
+    """Drop the ``*.debug_pkl`` records (source ranges for TorchScript error messages) from a
+    saved module: about 1 KiB per layer, which for a small model is several percent of the
+    file. ``torch.jit.load`` reads the archive without them."""
+    import zipfile
+
+    tmp = Path(f"{path}.tmp")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp, "w") as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith(".debug_pkl"):
+                zout.writestr(item, zin.read(item.filename), compress_type=item.compress_type)
+    os.replace(tmp, path)
+
+
+def load_torchscript(path: str | os.PathLike[str]) -> nn.Module:
+    """A saved TorchScript module, on the CPU, in eval mode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+

@@ -1,0 +1,127 @@
+"""The base network every candidate starts from: loaded, or trained here once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from searchcomp.config import Space
+from searchcomp.data import Splits
+from searchcomp.models.factory import build_model, load_checkpoint
+from searchcomp.train import evaluate, train_base
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Base:
+    """A trained base model and where it came from."""
+
+    model: nn.Module
+    source: str
+    val_accuracy: float
+    #: the cached weights file, or the checkpoint it was loaded from (None if downloaded only)
+    path: Path | None
+    cached: bool = False
+
+
+def cache_key(space: Space) -> str:
+    """Hash of everything that determines a trained base: the model (and a factory's source
+    file), the training data subsets, the training settings and the library versions. The test
+    subset, fine-tune and search settings do not change the base and are left out."""
+    import torchvision
+
+    from searchcomp import __version__
+
+    data = space.data.model_dump(exclude={"test_size", "download"})
+    blob = json.dumps({"format": CACHE_FORMAT, "model": space.model.model_dump(), "data": data,
+                       "base": space.base.model_dump(), "factory": _factory_digest(space),
+                       "torch": torch.__version__.split("+")[0],
+                       "torchvision": torchvision.__version__.split("+")[0],
+                       "searchcomp": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _factory_digest(space: Space) -> str | None:
+    """Hash of a factory model's source file, so editing the model retrains the base."""
+    if ":" not in space.model.arch:
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(space.model.arch.split(":")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+
+
+def cache_path(space: Space) -> Path:
+    """Where the trained base of ``space`` is cached."""
+    return Path(space.studies_dir) / "_base" / f"{space.model.arch.replace(':', '_')}-" \
+        f"{cache_key(space)}.pt"
+
+
+def obtain_base(space: Space, splits: Splits, progress: bool = True,
+                log=print) -> Base:
+    """Load or train the base network of ``space``, reusing the cache when it matches."""
+    with torch.random.fork_rng():
+        torch.manual_seed(space.data.seed)
+        return _obtain(space, splits, progress, log)
+
+
+def _obtain(space: Space, splits: Splits, progress: bool, log) -> Base:
+    src = space.base
+    if src.source == "checkpoint":
+        model = build_model(space.model)
+        load_checkpoint(model, src.path)
+        model.eval()
+        acc = evaluate(model, splits.val)
+        log(f"base: loaded {src.path}, validation accuracy {acc:.4f}")
+        return Base(model, "checkpoint", acc, Path(src.path))
+
+    path = cache_path(space)
+    if src.source == "pretrained" and src.epochs == 0:
+        model = build_model(space.model, pretrained=True).eval()
+        acc = evaluate(model, splits.val)
+        log(f"base: torchvision pretrained {space.model.arch}, validation accuracy {acc:.4f}")
+        return Base(model, "pretrained", acc, None)
+
+    if path.is_file() and path.with_suffix(".json").is_file():
+        model = build_model(space.model)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+        meta = json.loads(path.with_suffix(".json").read_text())
+        log(f"base: reusing cached {path} (validation accuracy {meta['val_accuracy']:.4f})")
+        return Base(model, src.source, float(meta["val_accuracy"]), path, cached=True)
+
+    model = build_model(space.model, pretrained=src.source == "pretrained")
+    log(f"base: training {space.model.arch} for {src.epochs} epoch(s) on "
+        f"{splits.train.size} {space.data.dataset} images (cached afterwards in {path})")
+    t0 = time.perf_counter()
+    train_base(model, splits.train, src.epochs, src.lr, src.momentum, src.weight_decay,
+               progress=progress)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(model, splits.val)
+    log(f"base: validation accuracy {acc:.4f} after {seconds:.0f} s")
+    _save_atomic(model, path, {"val_accuracy": acc, "train_seconds": seconds,
+                               "key": cache_key(space), "space": space.file,
+                               "model": space.model.model_dump(), "data": space.data.model_dump(),
+                               "base": space.base.model_dump()})
+    return Base(model, src.source, acc, path)
+
+
+def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,264 @@
+"""`searchcomp export`: one trial of a study as a model you can ship, with its model card.
+
+The candidate is rebuilt from the base and the trial's recipe (never unpickled), gets the
+trial's fine-tuned weights (or is fine-tuned again if they are gone), optionally fine-tunes
+longer, and is written in one of the formats of :mod:`searchcomp.deploy.formats` together
+with ``recipe.yaml`` (everything :func:`searchcomp.load` needs to rebuild it, without the
+training data) and a model card (``card.json``, ``card.md``) comparing it with the base,
+both measured on the written files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from searchcomp.candidate import Recipe, build
+from searchcomp.choices.quant import quantized_tensors
+from searchcomp.config import Space
+from searchcomp.deploy.formats import DEQUANT, FORMATS, write_artifact
+from searchcomp.deploy.load import load
+from searchcomp.errors import SearchcompError
+from searchcomp.measure import MIN_RUNS, compute_size_mib, count_params, time_artifact
+from searchcomp.models import input_shape
+from searchcomp.search.study import SKIPPED, STOPPED_REASON
+from searchcomp.train import evaluate, finetune
+
+#: outputs of the exported file may differ from the trial model's by float reordering only
+MATCH_ATOL = 1e-3
+
+
+def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str = "state_dict",
+                 finetune_epochs: float = 0, storage: str | None = None,
+                 study_name: str | None = None, log: Callable[[str], None] = print,
+                 progress: bool = False) -> dict[str, Any]:
+    """Export trial number ``trial`` of the study of ``space`` into the new folder ``out``.
+
+    Everything is written into a temporary folder next to ``out`` and renamed at the end,
+    so ``out`` either holds a complete export or does not exist. Returns the model card.
+    Raises :class:`SearchcompError` for an unknown format, an ``out`` that exists, an
+    unknown trial or one that did not complete.
+    """
+    if fmt not in FORMATS:
+        raise SearchcompError(f"--format: unknown format {fmt!r}; use one of "
+                              f"{', '.join(FORMATS)}")
+    if finetune_epochs < 0:
+        raise SearchcompError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise SearchcompError(f"{out} already exists; export writes a new folder: remove it "
+                              "or choose another --out")
+    from searchcomp.search.study import open_study
+
+    name = study_name or space.name
+    frozen = _completed_trial(open_study(space, storage=storage, study_name=name,
+                                         load_only=True), trial, name)
+    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as e:
+        raise SearchcompError(f"--out: cannot write next to {out}: {e}") from None
+    try:
+        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress)
+        if out.exists():
+            raise SearchcompError(f"{out} appeared while exporting; nothing was written there")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in created:  # innermost first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+    e, b = card["exported"], card["base"]
+    log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {e['test_accuracy']:.4f} "
+        f"(base {b['test_accuracy']:.4f}), {e['file_mib']:.3f} MiB (base {b['file_mib']:.3f}), "
+        f"{e['latency_ms']:.2f} ms (base {b['latency_ms']:.2f}) on {e['runtime']}")
+    return card
+
+
+def _completed_trial(study, number: int, name: str):
+    trials = study.get_trials(deepcopy=False)
+    t = next((t for t in trials if t.number == number), None)
+    if t is None:
+        have = f"trials are 0..{max(x.number for x in trials)}" if trials else "it has no trials"
+        raise SearchcompError(f"--trial: study {name!r} has no trial {number} ({have})")
+    a = t.user_attrs
+    if t.state == TrialState.FAIL:
+        raise SearchcompError(f"--trial: trial {number} failed "
+                              f"({a.get('fail_reason', 'no reason recorded')}); only completed "
+                              "trials can be exported")
+    if t.state == TrialState.PRUNED:
+        what = "was skipped (never run)" if a.get(SKIPPED) else \
+            f"was stopped early ({a.get(STOPPED_REASON, 'below the accuracy floor')})"
+        raise SearchcompError(f"--trial: trial {number} {what}; only completed trials can "
+                              "be exported")
+    if t.state != TrialState.COMPLETE:
+        raise SearchcompError(f"--trial: trial {number} is {t.state.name.lower()}, not "
+                              "complete; wait for it to finish")
+    if not a.get("recipe"):
+        raise SearchcompError(f"--trial: trial {number} has no stored recipe")
+    return t
+
+
+def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: str,
+            log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    from searchcomp.search.trial import prepare
+
+    ctx = prepare(space, progress=progress, log=log, study_name=study)
+    a, number = frozen.user_attrs, frozen.number
+    recipe = Recipe.from_dict(a["recipe"])
+    seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
+    weights = _weights_file(a.get("weights"), ctx.weights_dir)
+    torch.manual_seed(seed)
+    # with stored weights to load, the replacements need their shapes, not their init
+    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
+                  prune_criterion=space.finetune.prune_criterion,
+                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
+                  init=weights is None)
+    model = built.model
+    if weights is None:
+        log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "
+            f"fine-tuning it again as the search did (seed {seed})")
+        finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val,
+                 space.finetune.model_copy(update={"min_accuracy": None}))
+        source = f"missing ({a.get('weights')}): re-fine-tuned with seed {seed}"
+    else:
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise SearchcompError(f"trial {number}: {weights} does not fit the rebuilt "
+                                  f"candidate ({str(e).splitlines()[0]})") from None
+        source = str(weights)
+    if epochs:
+        log(f"trial {number}: fine-tuning {epochs:g} more epoch(s) before export")
+        cfg = space.finetune.model_copy(update={"epochs": float(epochs), "steps": None,
+                                                "min_accuracy": None})
+        finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val, cfg)
+    model.eval()
+    shape = input_shape(space.model)
+    info = {"searchcomp": _version(), "format": fmt, "file": FORMATS[fmt], "study": study,
+            "trial": number, "space": space.file, "model": space.model.model_dump(mode="json"),
+            "input_shape": list(shape),
+            "normalize": {"mean": ctx.splits.train.mean.flatten().tolist(),
+                          "std": ctx.splits.train.std.flatten().tolist()},
+            "recipe": recipe.to_dict(), "summary": recipe.summary(ctx.block_names),
+            "blocks": [{"name": b.name, "convs": list(b.convs)} for b in ctx.blocks],
+            "head_name": ctx.head_name, "resized": built.resized}
+    probe = next(iter(ctx.splits.test))[0][:8]
+    log(f"trial {number}: writing {fmt} and measuring it on the test split")
+    exported = _write_and_measure(model, info, folder, ctx, probe)
+    with tempfile.TemporaryDirectory(prefix="searchcomp-base-") as tmp:
+        base_info = {**info, "trial": None, "recipe": Recipe().to_dict(), "resized": {},
+                     "summary": Recipe().summary(ctx.block_names)}
+        log("base: writing it the same way, for the comparison")
+        base = _write_and_measure(ctx.base, base_info, Path(tmp), ctx, probe)
+    exported.update(params=count_params(model), size_mib=compute_size_mib(model),
+                    val_accuracy=evaluate(model, ctx.splits.val))
+    base.update(params=count_params(ctx.base), size_mib=ctx.base_metrics["size_mib"],
+                val_accuracy=ctx.base_metrics["accuracy"])
+    trial_size = float(a.get("size_mib", compute_size_mib(model)))
+    bits: dict[str, int] = {}
+    for _, _, b in quantized_tensors(model):
+        bits[str(b)] = bits.get(str(b), 0) + 1
+    card = {
+        "study": study, "trial": number, "format": fmt, "file": FORMATS[fmt],
+        "runtime": exported["runtime"], "recipe": info["recipe"], "summary": info["summary"],
+        "exported": exported, "base": base,
+        "search": {k: a.get(k) for k in ("accuracy", "params", "size_mib", "latency_ms",
+                                         "latency_runtime", "flops")},
+        "size_mib_agreement": exported["file_mib"] / trial_size - 1.0,
+        "quantized_tensors": bits,
+        "weights": source, "refinetuned": weights is None, "finetune_epochs": float(epochs),
+        "test_split": {"dataset": space.data.dataset, "images": ctx.splits.test.size},
+        "measure": space.measure.model_dump(), "input": {"shape": list(shape),
+                                                        "normalize": info["normalize"]},
+        "searchcomp": info["searchcomp"],
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (folder / "card.md").write_text(card_markdown(card))
+    return card
+
+
+def _weights_file(stored: str | None, weights_dir: Path) -> Path | None:
+    """The trial's weights: the stored path, else the same name in the study's folder."""
+    if not stored:
+        return None
+    for p in (Path(stored), weights_dir / Path(stored).name):
+        if p.is_file():
+            return p
+    return None
+
+
+def _write_and_measure(model: nn.Module, info: dict[str, Any], folder: Path, ctx,
+                       probe: torch.Tensor) -> dict[str, Any]:
+    """Write ``model`` as ``info`` says, load the file back, and measure what was loaded."""
+    path = write_artifact(model, info, folder)
+    loaded = load(folder)
+    with torch.no_grad():
+        want, got = model.eval()(probe), loaded(probe)
+    diff = float((want - got).abs().max())
+    if not diff <= MATCH_ATOL * (1.0 + float(want.abs().max())):
+        raise RuntimeError(f"the written {info['format']} model's outputs differ from the "
+                           f"candidate's by {diff:.3g}: an export bug, please report it")
+    mm = ctx.space.measure
+    lat = time_artifact(folder, batch_size=mm.batch_size, threads=mm.threads, runs=mm.runs,
+                        warmup=mm.warmup, loaded=loaded)
+    return {"test_accuracy": evaluate(loaded, ctx.splits.test),
+            "file_mib": path.stat().st_size / 2**20, "latency_ms": lat.median_ms,
+            "runtime": lat.runtime, "max_abs_diff": diff}
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown."""
+    e, b, s, m = card["exported"], card["base"], card["search"], card["measure"]
+    what = f"trial {card['trial']}"
+    rows = [("test accuracy", f"{e['test_accuracy']:.4f}", f"{b['test_accuracy']:.4f}"),
+            ("params", f"{e['params']:,}", f"{b['params']:,}"),
+            (f"file MiB ({card['file']})", f"{e['file_mib']:.4f}", f"{b['file_mib']:.4f}"),
+            ("latency ms", f"{e['latency_ms']:.3f}", f"{b['latency_ms']:.3f}"),
+            ("validation accuracy", f"{e['val_accuracy']:.4f}", f"{b['val_accuracy']:.4f}")]
+    lines = [f"# {card['study']} {what} ({card['format']})", "",
+             f"| | exported ({what}) | base |", "|---|---:|---:|",
+             *[f"| {k} | {x} | {y} |" for k, x, y in rows], "",
+             f"- Test accuracy: the held-out split ({card['test_split']['images']} "
+             f"{card['test_split']['dataset']} images), measured on the written files.",
+             f"- Latency: {card['runtime']}; batch {m['batch_size']}, median of "
+             f"{max(m['runs'], MIN_RUNS)} runs after {m['warmup']} warm-up; the base was "
+             f"written in the same format and measured the same way. {DEQUANT[card['format']]}",
+             f"- Search-time figures of {what}: validation accuracy {s['accuracy']:.4f}, "
+             f"size_mib {s['size_mib']:.4f}, latency {s['latency_ms']:.3f} ms "
+             f"({s['latency_runtime']}). "
+             f"The file is {100 * card['size_mib_agreement']:+.2f}% off size_mib.",
+             f"- Weights: {card['weights']}"
+             + (f"; then fine-tuned {card['finetune_epochs']:g} more epoch(s)"
+                if card["finetune_epochs"] else ""),
+             f"- Quantized tensors by bit width: {card['quantized_tensors'] or 'none (float)'}",
+             "", "## Recipe", "", f"`{card['summary']}`", "",
+             "| block | choices |", "|---|---|",
+             *[f"| {blk} | {', '.join(f'{k} {v}' for k, v in ch.items())} |"
+               for blk, ch in card["recipe"]["blocks"].items()],
+             f"| head | {card['recipe']['head']} |", "", "## Use", "", "```python",
+             "import searchcomp", "", "model = searchcomp.load(\"THIS_FOLDER\")  # eval mode",
+             "```", "",
+             f"Input: float32 N x {' x '.join(map(str, card['input']['shape']))}, each channel "
+             f"normalised with mean {card['input']['normalize']['mean']} and std "
+             f"{card['input']['normalize']['std']} (of images scaled to [0, 1]).", ""]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from searchcomp import __version__
+
+    return __version__

@@ -1,0 +1,118 @@
+"""Read a study back: every finished trial, the front, the greedy result, the hypervolume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import TrialState
+
+from searchcomp.config import OBJECTIVES, Space
+from searchcomp.search.front import hypervolume, pareto_front
+from searchcomp.search.study import SKIPPED, open_study, resolve_storage, trial_row
+
+SHOWN = ("accuracy", "params", "size_mib", "latency_ms")
+
+
+@dataclass
+class Results:
+    """A study's outcome, ready for the table, JSON, the report and export."""
+
+    study: str
+    storage: str
+    objectives: list[str]
+    base: dict[str, Any]
+    rows: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    greedy: dict[str, Any] | None
+    hypervolume: float
+
+    def counts(self) -> dict[str, int]:
+        """Number of trials per state."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r["state"]] = out.get(r["state"], 0) + 1
+        return out
+
+    def row(self, trial: int) -> dict[str, Any] | None:
+        """The row of trial number ``trial``."""
+        return next((r for r in self.rows if r["trial"] == trial), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The object ``front --json`` prints."""
+        keys = list(dict.fromkeys([*SHOWN, *self.objectives]))
+
+        def point(r: dict[str, Any]) -> dict[str, Any]:
+            return {"trial": r["trial"], "recipe": (r.get("recipe") or {}).get("blocks", {}),
+                    "head": (r.get("recipe") or {}).get("head", "keep"),
+                    **{k: r.get(k) for k in keys}, "summary": r.get("summary"),
+                    "strategy": r.get("strategy")}
+
+        return {"study": self.study, "storage": self.storage, "objectives": self.objectives,
+                "base": self.base, "front": [point(r) for r in self.front],
+                "greedy": self.greedy, "hypervolume": self.hypervolume,
+                "trials": self.counts()}
+
+    def to_text(self) -> str:
+        """The front as a table, with the base and greedy rows."""
+        arrows = " ".join(f"{o} {'max' if OBJECTIVES[o] == 'maximize' else 'min'}"
+                          for o in self.objectives)
+        c = self.counts()
+        lines = [f"study {self.study}  ({self.storage})",
+                 f"objectives: {arrows}",
+                 f"{len(self.rows)} trials: " + ", ".join(f"{v} {k}" for k, v in c.items())
+                 + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}",
+                 ""]
+        head = f"{'trial':>6}  {'val acc':>7}  {'params':>9}  {'MiB':>8}  {'latency ms':>10}  " \
+               "choices"
+        lines.append(head)
+
+        def fmt(label: str, r: dict[str, Any], note: str = "") -> str:
+            return (f"{label:>6}  {r['accuracy']:7.4f}  {r['params'] / 1e6:7.3f} M  "
+                    f"{r['size_mib']:8.3f}  {r['latency_ms']:10.3f}  {note}")
+
+        lines.append(fmt("base", self.base, "the base model, before any change"))
+        for r in self.front:
+            lines.append(fmt(str(r["trial"]), r, r.get("summary") or ""))
+        if self.greedy:
+            g = self.greedy
+            if g.get("trial") is not None:
+                lines.append(fmt("greedy", g, f"trial {g['trial']}: separable on "
+                                 f"{len(g['kept'])} block(s), threshold {g['threshold']}"))
+            else:
+                lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
+                             f"{g['threshold']}")
+        from searchcomp.candidate import legend
+
+        lines.append("")
+        lines.append(legend())
+        return "\n".join(lines)
+
+
+def load_results(space: Space, *, storage: str | None = None,
+                 study_name: str | None = None) -> Results:
+    """Read the study of ``space`` (it must exist)."""
+    name = study_name or space.name
+    study = open_study(space, storage=storage, study_name=name, load_only=True)
+    objectives = list(study.user_attrs.get("objectives") or space.objectives)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or t.user_attrs.get(SKIPPED):
+            continue
+        rows.append(trial_row(t, objectives))
+    # a repeated configuration reused an earlier result: one point, not two
+    complete = [r for r in rows if r["state"] == "complete" and r.get("duplicate_of") is None]
+    base = dict(study.user_attrs.get("base") or {})
+    front = pareto_front(complete, objectives)
+    hv = hypervolume(complete, objectives, base) if base else 0.0
+    greedy = None
+    g = study.user_attrs.get("greedy")
+    if g:
+        greedy = {"threshold": g["threshold"], "kept": g["kept"], "trial": g["result_trial"],
+                  "steps": len(g["steps"])}
+        src = next((r for r in rows if r["trial"] == g["result_trial"]), None)
+        src = src if src is not None else {**base, "recipe": {"blocks": {}, "head": "keep"}}
+        greedy.update({k: src.get(k) for k in (*SHOWN, "flops")})
+        greedy["recipe"] = (src.get("recipe") or {}).get("blocks", {})
+    return Results(name, resolve_storage(space, storage, name), objectives, base, rows, front,
+                   greedy, hv)
