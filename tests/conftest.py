@@ -10,6 +10,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests on the shared finished study are end-to-end: they run a whole search first."""
+    for item in items:
+        if "finished_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
@@ -58,7 +65,8 @@ model: {{arch: resnet18, num_classes: 10, in_channels: 1, image_size: 8}}
 data: {{dataset: digits, train_size: 200, val_size: 100, test_size: 100, batch_size: 50}}
 base: {{source: train, epochs: 1}}
 blocks:
-  default: {{conv: [keep, separable, conv3d:8, meta:4], prune: [0.0, 0.5], bits: [32, 8, 4, 2]}}
+  default: {{conv: [keep, separable, conv3d:8, meta:4, pyramid], prune: [0.0, 0.5],
+            bits: [32, 8, 4, 2]}}
   head: [keep, meta:2]
 finetune: {{steps: 2}}
 objectives: [accuracy, size_mib, latency_ms]

@@ -28,7 +28,7 @@ MIXED = Recipe({
     "layer1.0": {"conv": "separable", "prune": 0.5, "bits": 8},
     "layer1.1": {"conv": "conv3d:8", "bits": 4},
     "layer2.0": {"conv": "meta:4", "prune": 0.5, "bits": 2},
-    "layer2.1": {"bits": 8},
+    "layer2.1": {"conv": "pyramid", "bits": 8},
     "layer3.0": {"conv": "separable", "bits": 4},
     "layer3.1": {"conv": "conv3d:8", "prune": 0.5, "bits": 2},
     "layer4.0": {"conv": "meta:4", "prune": 0.5, "bits": 8},
@@ -167,7 +167,7 @@ def test_export_format_loads_back_smaller_and_equal(mixed, exported, fmt):
     assert card["trial"] == mixed.number and card["format"] == fmt
     assert card["search"]["size_mib"] == mixed.attrs["size_mib"]
     assert card["refinetuned"] is False and card["finetune_epochs"] == 0
-    assert card["quantized_tensors"] == {"8": 9, "4": 9, "2": 5}
+    assert card["quantized_tensors"] == {"8": 15, "4": 9, "2": 5}  # pyramid: 3 DW + 1 PW
     assert card["test_split"]["images"] == 100
 
 
@@ -187,7 +187,7 @@ def test_onnx_stores_integers(mixed, exported):
     import onnx
 
     graph = onnx.load(str(out / "model.onnx")).graph
-    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == 9  # the 8-bit ones
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == 15  # the 8-bit ones
 
 
 def test_torchscript_and_state_dict_store_integers_and_pruned_shapes(mixed, exported):
@@ -223,6 +223,42 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(mixed, tmp_path):
     assert list(out.iterdir()) == []
     with pytest.raises(SearchcompError, match="not a searchcomp export"):
         load(tmp_path)
+
+
+BLOCKED_LOAD = """
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("optuna", "torch_pruning"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Blocked())
+import torch
+import searchcomp
+
+x = torch.load(sys.argv[1])
+with torch.no_grad():
+    out = {folder: searchcomp.load(folder)(x) for folder in sys.argv[2:]}
+assert not {"optuna", "torch_pruning"} & {m.split(".")[0] for m in sys.modules}
+torch.save(out, sys.argv[1] + ".out")
+"""
+
+
+def test_load_needs_neither_optuna_nor_torch_pruning(mixed, exported, tmp_path):
+    import subprocess
+    import sys
+
+    x = tmp_path / "x.pt"
+    torch.save(mixed.x, x)
+    folders = [str(exported[fmt][0]) for fmt in FORMATS]
+    r = subprocess.run([sys.executable, "-c", BLOCKED_LOAD, str(x), *folders],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = torch.load(f"{x}.out")
+    for folder in folders:
+        torch.testing.assert_close(out[folder], mixed.want, atol=1e-4, rtol=1e-4)
 
 
 def test_failure_midway_removes_the_partial_folder(mixed, tmp_path, monkeypatch):

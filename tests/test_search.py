@@ -18,7 +18,7 @@ from searchcomp.cli import main
 from searchcomp.config import load_space
 from searchcomp.results.study import load_results
 from searchcomp.search.api import run_search
-from searchcomp.search.front import dominates, hypervolume
+from searchcomp.search.front import dominates, hypervolume, normalized
 from searchcomp.search.greedy import greedy_rule
 from searchcomp.search.study import done_trials, open_study
 
@@ -48,6 +48,20 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def _inclusion_exclusion_volume(points: list[tuple[float, ...]]) -> float:
+    """Volume of the union of the boxes [p, 1]^d: an algorithm independent of the package's."""
+    from itertools import combinations
+    from math import prod
+
+    total = 0.0
+    for k in range(1, len(points) + 1):
+        for subset in combinations(points, k):
+            corner = [max(c) for c in zip(*subset, strict=True)]
+            total += (-1) ** (k + 1) * prod(max(0.0, 1.0 - c) for c in corner)
+    return total
+
+
+@pytest.mark.slow
 def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     space = load_space(_space_file(tmp_path))
     summary = run_search(space, quiet=True, log=_quiet)
@@ -69,7 +83,9 @@ def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     for r in res.front:
         k = (-r["accuracy"], r["size_mib"], r["latency_ms"])
         assert not any(dominates(o, k) for o in keys)
-    assert res.hypervolume >= 0
+    # the reported hypervolume is the volume the front dominates, by inclusion-exclusion
+    assert res.hypervolume == pytest.approx(_inclusion_exclusion_volume(
+        [normalized(r, res.objectives, res.base) for r in res.front]), abs=1e-12)
     # latency moves with the machine's load, so check the volume on accuracy and size only:
     # the all-separable seed is far smaller than the base and above zero accuracy
     complete = [r for r in res.rows if r["state"] == "complete"]
@@ -138,6 +154,7 @@ def test_greedy_bottom_up_can_keep_a_reverted_block():
     assert [(s.block, s.direction) for s in steps][-1] == ("b1", "up")
 
 
+@pytest.mark.slow
 def test_greedy_strategy_in_the_study(tmp_path, capsys):
     space = load_space(_space_file(tmp_path, steps=2))
     summary = run_search(space, strategy="greedy", threshold=0.0, quiet=True, log=_quiet)
@@ -150,6 +167,7 @@ def test_greedy_strategy_in_the_study(tmp_path, capsys):
     assert "greedy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_finishes_exactly_n(tmp_path):
     spec = _space_file(tmp_path, steps=40, trials=4)
     cmd = [sys.executable, "-m", "searchcomp", "run", str(spec), "--quiet"]
@@ -189,6 +207,7 @@ def test_resume_after_sigkill_finishes_exactly_n(tmp_path):
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow
 def test_dashboard_answers_on_localhost(tmp_path):
     import socket
     import urllib.request
@@ -226,6 +245,7 @@ def test_dashboard_answers_on_localhost(tmp_path):
     assert f"http://127.0.0.1:{port}/dashboard" in proc.stderr.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["nsga3", "tpe", "gp", "random"])
 def test_every_sampler_runs(tmp_path, sampler):
     space = load_space(_space_file(tmp_path, steps=1, trials=3),
@@ -237,6 +257,7 @@ def test_every_sampler_runs(tmp_path, sampler):
     assert all("max_accuracy_drop" in t.constraints for t in trials)
 
 
+@pytest.mark.slow
 def test_greedy_rerun_with_another_threshold_does_not_reuse_other_paths(tmp_path):
     space = load_space(_space_file(tmp_path, steps=1))
     strict = run_search(space, strategy="greedy", threshold=1.01, quiet=True, log=_quiet)

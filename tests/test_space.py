@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from searchcomp.cli import main
 from searchcomp.config import load_space
 from searchcomp.errors import SearchcompError, SpaceError
 from searchcomp.models import build_model, find_blocks, find_head
@@ -151,14 +152,23 @@ def test_line_of_nested_fields(tmp_path):
     (("  default:", "  per_block:\n    'layer9.*': {bits: [8]}\n  default:"),
      "glob 'layer9.*' matches no block"),
 ])
-def test_cli_model_checks_exit_2_without_traceback(tmp_path, patch, words):
+def test_cli_model_checks_exit_2_with_one_line(tmp_path, capsys, patch, words):
     p = _write(tmp_path, TINY_SPACE.replace(*patch))
+    assert main(["inspect", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert words in err
+    assert err.startswith(f"error: {p}:")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_model_check_in_a_real_process_has_no_traceback(tmp_path):
+    p = _write(tmp_path, TINY_SPACE.replace("    conv: [keep, separable, meta:4]",
+                                            "    conv: [keep, meta:3]"))
     r = subprocess.run([sys.executable, "-m", "searchcomp", "inspect", str(p)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
-    assert words in r.stderr
-    assert r.stderr.startswith(f"error: {p}:")
+    assert r.stderr.startswith(f"error: {p}:") and "meta:3 cannot apply" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

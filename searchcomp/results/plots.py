@@ -165,7 +165,7 @@ def scatter(x: str, rows: list[dict[str, Any]], front: list[dict[str, Any]],
             hovertemplate="%{hovertext}<extra></extra>",
             hovertext=[hover({**greedy, "recipe": {"blocks": greedy.get("recipe") or {},
                                                    "head": "keep"},
-                              "summary": f"separable on {len(greedy.get('kept') or [])} "
+                              "summary": f"{greedy.get('swap')} on {len(greedy.get('kept') or [])} "
                                          f"block(s), threshold {greedy.get('threshold')}"},
                              blocks, title)]))
     in_front = "" if x in objectives else " (not an objective)"

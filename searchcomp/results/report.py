@@ -154,7 +154,7 @@ def _header(res: Results, space_file: str, generated: datetime) -> str:
     greedy = "none (no greedy run in this study)"
     g = res.greedy
     if g:
-        greedy = (f"trial {g['trial']}: separable on {len(g.get('kept') or [])} block(s)"
+        greedy = (f"trial {g['trial']}: {g.get('swap')} on {len(g.get('kept') or [])} block(s)"
                   if g.get("trial") is not None else "no block could be swapped")
         greedy += f", threshold {g.get('threshold')}, {g.get('steps', '?')} step(s)"
     items = [("study", res.study), ("space file", space_file or "–"),
@@ -211,7 +211,7 @@ def _table(res: Results) -> str:
         if g.get("trial") is not None:
             src = res.row(int(g["trial"])) or {}
             note = (f"{_esc(src.get('summary') or '')}<br><span class=rel>trial {g['trial']}: "
-                    f"separable on {len(g.get('kept') or [])} block(s), threshold "
+                    f"{g.get('swap')} on {len(g.get('kept') or [])} block(s), threshold "
                     f"{_esc(g.get('threshold'))}</span>")
             rows.append(f'<tr class=greedy id="row-greedy" data-trial="{int(g["trial"])}">'
                         f"<td>greedy</td><td>greedy</td>{cells(g)}"

@@ -77,7 +77,7 @@ class Results:
         if self.greedy:
             g = self.greedy
             if g.get("trial") is not None:
-                lines.append(fmt("greedy", g, f"trial {g['trial']}: separable on "
+                lines.append(fmt("greedy", g, f"trial {g['trial']}: {g.get('swap')} on "
                                  f"{len(g['kept'])} block(s), threshold {g['threshold']}"))
             else:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
@@ -108,7 +108,8 @@ def load_results(space: Space, *, storage: str | None = None,
     greedy = None
     g = study.user_attrs.get("greedy")
     if g:
-        greedy = {"threshold": g["threshold"], "kept": g["kept"], "trial": g["result_trial"],
+        greedy = {"threshold": g["threshold"], "swap": g.get("swap"), "kept": g["kept"],
+                  "trial": g["result_trial"],
                   "steps": len(g["steps"])}
         src = next((r for r in rows if r["trial"] == g["result_trial"]), None)
         src = src if src is not None else {**base, "recipe": {"blocks": {}, "head": "keep"}}

@@ -54,7 +54,7 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
         before = len(done_trials(study))
         greedy = run_greedy(searcher, threshold)
         kept = ", ".join(greedy["kept"]) or "none"
-        log(f"greedy: kept separable on {len(greedy['kept'])} block(s): {kept}; "
+        log(f"greedy: kept {greedy['swap']} on {len(greedy['kept'])} block(s): {kept}; "
             f"result trial {greedy['result_trial']}")
         return RunSummary(name, url, len(done_trials(study)) - before, len(done_trials(study)),
                           greedy)

@@ -103,7 +103,8 @@ def run_greedy(searcher: Searcher, threshold: float) -> dict[str, Any]:
     finally:
         searcher.close_progress()
     result_trial = next((s.trial for s in reversed(steps) if s.kept), None)
-    summary = {"threshold": threshold, "kept": kept, "steps": [asdict(s) for s in steps],
+    summary = {"threshold": threshold, "swap": swap, "kept": kept,
+               "steps": [asdict(s) for s in steps],
                "result_trial": result_trial}
     study.set_user_attr("greedy", summary)
     return summary

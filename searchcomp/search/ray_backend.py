@@ -67,7 +67,8 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     number = int(config["_number"])
     blocks = {b: dict(v) for b, v in config.items() if isinstance(v, dict)}
     recipe = Recipe(blocks, str(config.get("head", "keep")))
-    out: dict[str, Any] = {"recipe": recipe.to_dict(), "seed": spec.seed + number}
+    out: dict[str, Any] = {"recipe": recipe.to_dict(), "seed": spec.seed + number,
+                           "started_at": time.time()}
     t0 = time.perf_counter()
     try:
         ctx = _context(spec)
@@ -82,6 +83,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
         out.update({"fail_reason": f"{type(e).__name__}: {e}"[:2000], COUNTED: True})
         metrics = {}
     out["seconds"] = time.perf_counter() - t0
+    out["finished_at"] = time.time()
     out["worker"] = f"{os.uname().nodename}:{os.getpid()}"
     tune.report({**metrics, RESULT_KEY: json.dumps(out, default=str)})
 
