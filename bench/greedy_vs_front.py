@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from searchcomp.config import load_space  # noqa: E402
 from searchcomp.results import load_results  # noqa: E402
 from searchcomp.search.api import run_search  # noqa: E402
-from searchcomp.space import load_space  # noqa: E402
 
 
 def main() -> None:
