@@ -1,0 +1,57 @@
+"""What a trial of a search study is, for the bookkeeping: done, a duplicate, skipped, stale.
+
+Optuna's states (COMPLETE, PRUNED, FAIL, RUNNING, WAITING) are told apart by the user
+attributes a search sets, so that ``--trials N`` means N distinct candidates finished for
+good, however many processes, resumes or Ray workers took part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+#: user attribute set on a trial whose failure is its own result (not an interruption)
+COUNTED = "counted"
+#: user attribute of a slot a worker gave back without running it (older studies; a search
+#: now checks its quota before it creates a trial); Optuna records it as PRUNED
+SKIPPED = "skipped"
+#: user attribute of a trial stopped early by the accuracy floor (Optuna: PRUNED)
+STOPPED_REASON = "stopped_reason"
+#: user attribute of a queued trial whose choices a finished trial already had: answered from
+#: that trial (same values), not fine-tuned again and not counted toward ``--trials``
+DUPLICATE_OF = "duplicate_of"
+
+
+def params_key(params: dict[str, Any]) -> tuple:
+    """A hashable key of a trial's choices (its Optuna parameters)."""
+    return tuple(sorted(params.items()))
+
+
+def trial_params(t: FrozenTrial) -> dict[str, Any]:
+    """The choices of ``t``: its parameters, or for a queued trial the ones it was given."""
+    return t.params or t.system_attrs.get("fixed_params", {}) or {}
+
+
+def is_finished(t: FrozenTrial) -> bool:
+    """Finished for good: complete (a duplicate too), stopped early, or failed for its own
+    reasons (not interrupted, and not a slot a worker skipped)."""
+    if t.user_attrs.get(SKIPPED):
+        return False
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
+
+
+def is_done(t: FrozenTrial) -> bool:
+    """Counts toward ``--trials``: finished for good and not a duplicate of an earlier trial."""
+    return is_finished(t) and t.user_attrs.get(DUPLICATE_OF) is None
+
+
+def is_taken(t: FrozenTrial) -> bool:
+    """Its choices need no new trial: finished for good, running, or queued."""
+    return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+
+
+def taken_keys(trials: list[FrozenTrial]) -> set[tuple]:
+    """The :func:`params_key` of every taken trial (see :func:`is_taken`)."""
+    return {params_key(trial_params(t)) for t in trials if is_taken(t) and trial_params(t)}
