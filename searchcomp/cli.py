@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space(p)
     _add_study(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure the front's latency again first, one model at a time, once "
+                        "no trial of the study runs on this machine")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
     _add_space(p)
@@ -130,8 +133,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _stderr("interrupted: finished trials are kept; run the same command to continue")
         return 130
+    why = {"exhausted": "; stopped: the search space is exhausted",
+           "timeout": "; stopped: --timeout reached",
+           "attempts": "; stopped: too many trials that do not count (see the lines above)"}
     _stderr(f"done: {summary.ran} trial(s) run now, {summary.done} finished in study "
-            f"{summary.study} ({summary.storage})")
+            f"{summary.study} ({summary.storage}){why.get(summary.stopped or '', '')}")
     extra = "".join(f" --{k} {v}" for k, v in (("study", args.study), ("storage", args.storage))
                     if v)
     quick = " --quick" if args.quick else ""
@@ -142,6 +148,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_front(args: argparse.Namespace) -> int:
     from searchcomp.results.study import load_results
     space = _load(args)
+    if args.remeasure:
+        from searchcomp.search.api import remeasure_study
+
+        remeasure_study(space, storage=args.storage, study_name=args.study, log=_stderr)
     res = load_results(space, storage=args.storage, study_name=args.study)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
     return 0

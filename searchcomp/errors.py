@@ -43,3 +43,8 @@ class DataError(SearchcompError):
 
 class ChoiceError(SearchcompError):
     """A per-block choice cannot be applied to the layer it targets."""
+
+
+class OutputError(SearchcompError):
+    """A file searchcomp must write (trial weights, the study folder) cannot be written: the
+    disk, not the candidate, is at fault, so a search stops instead of failing every trial."""

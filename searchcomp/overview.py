@@ -7,15 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from searchcomp.config import Space
-from searchcomp.models import (
-    Block,
-    build_model,
-    check_forward,
-    find_blocks,
-    find_head,
-    input_shape,
-    space_size,
-)
+from searchcomp.models import Block, check_inputs, input_shape, space_size
 
 
 @dataclass
@@ -73,12 +65,11 @@ class Overview:
 
 
 def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -> Overview:
-    """Build the base architecture (fresh weights: sizes and latency do not depend on them),
-    find and check the blocks, and measure the base model. Trains and downloads nothing."""
-    model = build_model(space.model).eval()
-    check_forward(model, space.model)
-    blocks = find_blocks(model, space)
-    head_name, _ = find_head(model, space)
+    """Check every input (the files the space names too), build the base architecture (fresh
+    weights: sizes and latency do not depend on them), find and check the blocks, and measure
+    the base model. Trains and downloads nothing."""
+    arch = check_inputs(space)
+    model, blocks, head_name = arch.model, arch.blocks, arch.head_name
 
     from searchcomp.measure import measure
 

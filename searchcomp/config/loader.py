@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,35 @@ from pydantic import ValidationError
 from searchcomp.config.fields import line_of
 from searchcomp.config.schema import DATASET_CHANNELS, Space
 from searchcomp.errors import SpaceError
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives the same key twice (YAML says keys are unique; PyYAML keeps the last)."""
+
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} is given twice in one mapping (lines {first} and "
+                         f"{again}); keep one")
+        self.line = again
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (merge keys ``<<``
+    aside: a key may override a merged one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+            except TypeError:  # an unhashable key: PyYAML refuses it itself
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _compose_lines(text: str) -> dict[tuple, int]:
@@ -44,7 +74,7 @@ def parse_override(text: str) -> tuple[str, Any]:
                          f'blocks.per_block."layer1.*".prune=[0.0]), got {text!r}',
                          file="--set", field=key or None)
     try:
-        return key, yaml.safe_load(value) if value.strip() else None
+        return key, yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
     except yaml.YAMLError as e:
         raise SpaceError(f"value is not valid YAML: {e}", file="--set", field=key) from None
 
@@ -54,7 +84,8 @@ def _key_parts(key: str) -> list[str]:
     return [p.strip('"') for p in re.findall(r'"[^"]+"|[^.]+', key)]
 
 
-def _apply_override(data: dict, key: str, value: Any, origin: str) -> None:
+def _apply_override(data: dict, key: str, value: Any, origin: str,
+                    line: int | None = None) -> None:
     parts = _key_parts(key)
     node = data
     for i, p in enumerate(parts[:-1]):
@@ -63,7 +94,7 @@ def _apply_override(data: dict, key: str, value: Any, origin: str) -> None:
             child = node[p] = {}
         if not isinstance(child, dict):
             raise SpaceError(f"cannot set {key}: {'.'.join(parts[:i + 1])} is not a mapping",
-                             file=origin, field=key)
+                             file=origin, field=key, line=line)
         node = child
     node[parts[-1]] = value
 
@@ -74,7 +105,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
     ``overrides`` are ``key=value`` strings as given to ``--set``; ``quick`` applies the file's
     own ``quick:`` overrides first (``--set`` wins over them) and, unless they set ``name``,
-    suffixes the name with ``-quick`` so quick trials never mix with full ones.
+    suffixes the name with ``-quick`` so quick trials never mix with full ones. The ``quick:``
+    section is checked either way, so a mistake there is found before ``--quick`` is used.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,8 +117,10 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"cannot read the file: {e}", file=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
         lines = _compose_lines(text)
+    except DuplicateKeyError as e:
+        raise SpaceError(str(e), file=str(path), line=e.line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise SpaceError(f"not valid YAML: {getattr(e, 'problem', e)}", file=str(path),
@@ -94,7 +128,13 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if not isinstance(data, dict):
         raise SpaceError("the space file must be a YAML mapping (key: value lines)",
                          file=str(path), line=1)
+    if not quick and data.get("quick"):
+        _build(copy.deepcopy(data), dict(lines), path, (), quick=True, checking_quick=True)
+    return _build(data, lines, path, overrides, quick)
 
+
+def _build(data: dict, lines: dict[tuple, int], path: Path, overrides: list[str] | tuple[str, ...],
+           quick: bool, checking_quick: bool = False) -> Space:
     origins: dict[tuple, str] = {}
     if quick:
         q = data.get("quick") or {}
@@ -102,7 +142,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
             raise SpaceError("quick must be a mapping of dotted keys to values", file=str(path),
                              field="quick", line=lines.get(("quick",)))
         for key, value in q.items():
-            _apply_override(data, str(key), value, str(path))
+            _apply_override(data, str(key), value, str(path), lines.get(("quick", key)))
+            _point_at(lines, tuple(int(p) if p.isdigit() else p for p in _key_parts(str(key))),
+                      lines.get(("quick", key)))
         if "name" not in q and isinstance(data.get("name"), str):
             data["name"] = data["name"] + "-quick"  # its own study: other data, other base
     for text_override in overrides:
@@ -111,20 +153,35 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         origins[tuple(int(p) if p.isdigit() else p for p in _key_parts(key))] = "--set"
 
     try:
-        space = Space.model_validate(data)
-    except ValidationError as e:
-        raise _to_space_error(e, str(path), lines, origins) from None
-    except ValueError as e:  # raised by a validator outside pydantic's wrapping
-        raise SpaceError(str(e), file=str(path)) from None
-    space._file = str(path)
-    space._lines = lines
-    space._overridden = tuple(".".join(map(str, p)) for p in origins)
-    space._args = (str(path.resolve()), tuple(overrides), quick)
-    want = DATASET_CHANNELS.get(space.data.dataset)
-    if want is not None and space.model.in_channels != want:
-        raise space.error("model.in_channels", f"is {space.model.in_channels} but "
-                          f"{space.data.dataset} images have {want} channel(s)")
+        try:
+            space = Space.model_validate(data)
+        except ValidationError as e:
+            raise _to_space_error(e, str(path), lines, origins) from None
+        except ValueError as e:  # raised by a validator outside pydantic's wrapping
+            raise SpaceError(str(e), file=str(path)) from None
+        space._file = str(path)
+        space._lines = lines
+        space._overridden = tuple(".".join(map(str, p)) for p in origins)
+        space._args = (str(path.resolve()), tuple(overrides), quick)
+        want = DATASET_CHANNELS.get(space.data.dataset)
+        if want is not None and space.model.in_channels != want:
+            raise space.error("model.in_channels", f"is {space.model.in_channels} but "
+                              f"{space.data.dataset} images have {want} channel(s)")
+    except SpaceError as e:
+        if checking_quick:
+            raise SpaceError(f"{e.detail} (with the quick: overrides, which --quick applies)",
+                             file=e.file, field=e.field, line=e.line) from None
+        raise
     return space
+
+
+def _point_at(lines: dict[tuple, int], path: tuple, line: int | None) -> None:
+    """Errors under ``path`` (set by a quick: key) point at that key's line."""
+    if line is None:
+        return
+    for k in [k for k in lines if k[:len(path)] == path]:
+        del lines[k]
+    lines[path] = line
 
 
 def _to_space_error(e: ValidationError, file: str, lines: dict[tuple, int],

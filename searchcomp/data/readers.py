@@ -65,6 +65,26 @@ def load_pools(data: DataConfig, in_channels: int) -> Pools:
     return _load_folder(root, in_channels)
 
 
+def check_source(data: DataConfig) -> None:
+    """Refuse, before anything is read or downloaded, a data source that cannot work: an image
+    folder that does not exist or holds no class folders, or a ``root`` that does not exist
+    when nothing may be downloaded into it."""
+    if data.dataset == "folder":
+        root = Path(data.root or "").expanduser()
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise DataError(f"image folder {root} {what}", field="data.root")
+        top = root / "train" if (root / "train").is_dir() else root
+        if not any(p.is_dir() for p in top.iterdir()):
+            raise DataError(f"{top} has no class subfolders (expected {top}/<class>/*.png)",
+                            field="data.root")
+    elif data.root and data.dataset != "digits" and not data.download:
+        root = Path(data.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{root} does not exist and data.download is false",
+                            field="data.root")
+
+
 # --- CIFAR ----------------------------------------------------------------------------------
 
 

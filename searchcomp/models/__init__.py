@@ -3,6 +3,7 @@ and the trained base every candidate starts from."""
 
 from searchcomp.models.base import Base, cache_path, obtain_base
 from searchcomp.models.blocks import Block, find_blocks, find_head, space_size, spatial_convs
+from searchcomp.models.checks import Architecture, check_inputs
 from searchcomp.models.factory import (
     build_model,
     check_forward,
@@ -12,6 +13,7 @@ from searchcomp.models.factory import (
     set_submodule,
 )
 
-__all__ = ["Base", "Block", "build_model", "cache_path", "check_forward", "find_blocks",
+__all__ = ["Architecture", "Base", "Block", "build_model", "cache_path", "check_forward",
+           "check_inputs", "find_blocks",
            "find_head", "input_shape", "last_linear", "load_checkpoint", "obtain_base",
            "set_submodule", "space_size", "spatial_convs"]

@@ -96,6 +96,9 @@ def hover(row: dict[str, Any], blocks: Sequence[str], title: str) -> str:
     """Hover text of one point: title, metrics, summary and the recipe per block (escaped)."""
     out = [f"<b>{html.escape(title)}</b>"]
     out += [f"{LABELS[k]}: {fmt_metric(k, row.get(k))}" for k in LABELS if row.get(k) is not None]
+    if row.get("latency_quiet"):
+        out.append(f"latency in trial: {fmt_metric('latency_ms', row['latency_in_trial_ms'])} "
+                   "(the figure above: measured again, quietly)")
     if row.get("tag"):
         out.append(f"tag: {html.escape(str(row['tag']))}")
     if row.get("feasible") is False:

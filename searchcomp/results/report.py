@@ -177,6 +177,14 @@ def _rel(value: Any, base: Any) -> str:
         return ""
 
 
+def _in_trial(r: dict[str, Any]) -> str:
+    """The in-trial latency as a note under a quietly re-measured one."""
+    if not r.get("latency_quiet"):
+        return ""
+    return (f'<br><span class=rel title="measured during the trial, possibly under the load of '
+            f'other trials">in trial {float(r["latency_in_trial_ms"]):.2f}</span>')
+
+
 def _table(res: Results) -> str:
     """The front as a plain HTML table, with the base and the greedy result."""
     b = res.base
@@ -193,7 +201,7 @@ def _table(res: Results) -> str:
                (f"{float(r['size_mib']):.3f}" if r.get("size_mib") is not None else "–")
                + _rel(r.get("size_mib"), b.get("size_mib")),
                (f"{float(r['latency_ms']):.2f}" if r.get("latency_ms") is not None else "–")
-               + _rel(r.get("latency_ms"), b.get("latency_ms")),
+               + _rel(r.get("latency_ms"), b.get("latency_ms")) + _in_trial(r),
                fmt_metric("flops", r.get("flops"))]
         return "".join(f"<td>{c}</td>" for c in num)
 

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from searchcomp.config import OBJECTIVES, Space
 from searchcomp.search.front import hypervolume, pareto_front
+from searchcomp.search.remeasure import QUIET_KEY, with_quiet
 from searchcomp.search.study import SKIPPED, open_study, resolve_storage, trial_row
 
 SHOWN = ("accuracy", "params", "size_mib", "latency_ms")
@@ -46,6 +47,7 @@ class Results:
             return {"trial": r["trial"], "recipe": (r.get("recipe") or {}).get("blocks", {}),
                     "head": (r.get("recipe") or {}).get("head", "keep"),
                     **{k: r.get(k) for k in keys}, "summary": r.get("summary"),
+                    "latency_in_trial_ms": r.get("latency_in_trial_ms", r.get("latency_ms")),
                     "strategy": r.get("strategy")}
 
         return {"study": self.study, "storage": self.storage, "objectives": self.objectives,
@@ -71,9 +73,10 @@ class Results:
             return (f"{label:>6}  {r['accuracy']:7.4f}  {r['params'] / 1e6:7.3f} M  "
                     f"{r['size_mib']:8.3f}  {r['latency_ms']:10.3f}  {note}")
 
-        lines.append(fmt("base", self.base, "the base model, before any change"))
+        lines.append(fmt("base", self.base, "the base model, before any change"
+                         + _in_trial(self.base)))
         for r in self.front:
-            lines.append(fmt(str(r["trial"]), r, r.get("summary") or ""))
+            lines.append(fmt(str(r["trial"]), r, (r.get("summary") or "") + _in_trial(r)))
         if self.greedy:
             g = self.greedy
             if g.get("trial") is not None:
@@ -84,9 +87,21 @@ class Results:
                              f"{g['threshold']}")
         from searchcomp.candidate import legend
 
+        quiet = [r for r in [self.base, *self.front] if r.get("latency_quiet")]
+        if quiet:
+            lines += ["", f"latency: measured again quietly after the search ({len(quiet)} of "
+                      f"{len(self.front) + 1} rows), one model at a time with no trial running; "
+                      "(in trial X ms): the figure measured during the trial"]
         lines.append("")
         lines.append(legend())
         return "\n".join(lines)
+
+
+def _in_trial(r: dict[str, Any]) -> str:
+    """The in-trial latency, as a note, when the table shows the quiet one."""
+    if not r.get("latency_quiet"):
+        return ""
+    return f"  (in trial {float(r['latency_in_trial_ms']):.3f} ms)"
 
 
 def load_results(space: Space, *, storage: str | None = None,
@@ -100,9 +115,15 @@ def load_results(space: Space, *, storage: str | None = None,
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or t.user_attrs.get(SKIPPED):
             continue
         rows.append(trial_row(t, objectives))
+    # quiet re-measurements (see searchcomp.search.remeasure) replace in-trial latencies
+    figures = dict(study.user_attrs.get(QUIET_KEY) or {})
+    rows = with_quiet(rows, figures)
     # a repeated configuration reused an earlier result: one point, not two
     complete = [r for r in rows if r["state"] == "complete" and r.get("duplicate_of") is None]
     base = dict(study.user_attrs.get("base") or {})
+    if base and figures.get("base"):
+        base = with_quiet([{**base, "trial": "base"}], figures)[0]
+        base.pop("trial")
     front = pareto_front(complete, objectives)
     hv = hypervolume(complete, objectives, base) if base else 0.0
     greedy = None

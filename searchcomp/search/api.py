@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from searchcomp.config import Space
+from searchcomp.search.files import check_writable, remove_dead_partials
 from searchcomp.search.greedy import run_greedy
-from searchcomp.search.runner import Searcher, enqueue_seeds
+from searchcomp.search.locks import StudyLock
+from searchcomp.search.remeasure import remeasure_here
+from searchcomp.search.runner import Searcher, enqueue_seeds, recipe_space
 from searchcomp.search.study import done_trials, open_study, resolve_storage
 from searchcomp.search.trial import prepare
 
@@ -22,6 +28,8 @@ class RunSummary:
     ran: int
     done: int
     greedy: dict[str, Any] | None = None
+    #: why the run stopped before ``trials`` were done ("exhausted", "timeout", ...) or None
+    stopped: str | None = None
 
 
 def run_search(space: Space, *, trials: int | None = None, timeout_s: float | None = None,
@@ -36,29 +44,36 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     cpus_per_trial, gpus_per_trial)."""
     n = trials or space.search.trials
     name = study_name or space.name
+    # a folder the run cannot write is refused before any work (the base may train for hours)
+    check_writable(space.study_dir(name) / "trials", "trial weights")
+    if space.base.source != "checkpoint":
+        check_writable(Path(space.studies_dir) / "_base", "the cached base model")
     ctx = prepare(space, progress=not quiet, log=log, study_name=name)
+    remove_dead_partials(ctx.weights_dir)
     b = ctx.base_metrics
     log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
         f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']})")
+    url = resolve_storage(space, storage, name)
+    lock = StudyLock(url, name)
     study = open_study(space, storage=storage, study_name=name, sampler=sampler, seed=seed,
-                       n_trials=n)
+                       n_trials=n, recipe_space=recipe_space(ctx.blocks, space.blocks.head))
     study.set_user_attr("base", b)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)
     study.set_user_attr("blocks", ctx.block_names)
     study.set_user_attr("head_name", ctx.head_name)
-    url = resolve_storage(space, storage, name)
     searcher = Searcher(ctx, study, seed=space.search.seed if seed is None else seed,
-                        quiet=quiet, strategy=strategy)
+                        quiet=quiet, strategy=strategy, lock=lock, log=log)
     if strategy == "greedy":
         before = len(done_trials(study))
         greedy = run_greedy(searcher, threshold)
         kept = ", ".join(greedy["kept"]) or "none"
         log(f"greedy: kept {greedy['swap']} on {len(greedy['kept'])} block(s): {kept}; "
             f"result trial {greedy['result_trial']}")
+        _remeasure(ctx, study, lock, log)
         return RunSummary(name, url, len(done_trials(study)) - before, len(done_trials(study)),
                           greedy)
-    queued = enqueue_seeds(study, ctx)
+    queued = enqueue_seeds(study, ctx, lock)
     if queued:
         log(f"queued {queued} seed trial(s): the base and the uniform configurations")
     done = len(done_trials(study))
@@ -68,16 +83,26 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
-                          space.search.seed if seed is None else seed)
+                          space.search.seed if seed is None else seed, lock)
     else:
         ran = searcher.run(n, timeout)
-    return RunSummary(name, url, ran, len(done_trials(study)))
+        _remeasure(ctx, study, lock, log)
+    return RunSummary(name, url, ran, len(done_trials(study)), stopped=searcher.stopped)
+
+
+def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:
+    """The front's latency measured again, quietly, unless other workers still run trials of
+    the study (the last one to finish does it)."""
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if running:
+        log(f"front latency not re-measured now: trial(s) {running} still run elsewhere; the "
+            "worker that finishes last does it (or: searchcomp front SPACE --remeasure)")
+        return
+    remeasure_here(ctx, study, lock, log)
 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
-                opts: dict[str, Any], log: Callable[[str], None], seed: int) -> int:
-    from pathlib import Path
-
+                opts: dict[str, Any], log: Callable[[str], None], seed: int, lock) -> int:
     from searchcomp.search.ray_backend import WorkerSpec, run_ray
 
     file, overrides, quick = space.load_args
@@ -90,4 +115,19 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,
-                   log=log)
+                   log=log, lock=lock)
+
+
+def remeasure_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
+                    log: Callable[[str], None] = print) -> int:
+    """``searchcomp front --remeasure``: measure the latency of the study's front again,
+    quietly (:mod:`searchcomp.search.remeasure`). Returns how many trials were measured."""
+    name = study_name or space.name
+    study = open_study(space, storage=storage, study_name=name, load_only=True)
+    ctx = prepare(space, progress=False, log=lambda m: None, study_name=name)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        log(f"waiting until no trial of the study runs on this machine ({len(running)} "
+            "running in the study)...")
+    return remeasure_here(ctx, study, StudyLock(resolve_storage(space, storage, name), name),
+                          log)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from searchcomp import choices
 from searchcomp.candidate import Recipe
 from searchcomp.search.runner import Searcher, recipe_params
-from searchcomp.search.study import is_done
+from searchcomp.search.states import is_finished
 
 
 def swap_value() -> str:
@@ -116,6 +116,6 @@ def _find_step(study: optuna.Study, step: int, params: dict[str, Any]
     threshold takes other paths and must not reuse a different step's trial)."""
     for t in study.get_trials(deepcopy=False):
         if (t.user_attrs.get("strategy") == "greedy" and t.user_attrs.get("greedy_step") == step
-                and t.params == params and is_done(t)):
+                and t.params == params and is_finished(t)):
             return t
     return None

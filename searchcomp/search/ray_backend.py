@@ -4,6 +4,12 @@ Ray's ``OptunaSearch`` drives the same sampler over the same define-by-run space
 same Optuna study (same storage) for each trial; when a Ray trial ends, its metrics and user
 attributes are written onto that Optuna trial, so ``front``, ``report``, ``export`` and
 ``dashboard`` read a Ray study exactly like a local one.
+
+The bookkeeping is the local loop's: each suggestion checks the quota under the study lock
+before it creates a trial; the driver beats the heartbeat of every trial it has in flight (a
+driver killed with its trials leaves them to be failed as stale by the next run); a trial
+whose Ray worker dies is failed, not counted, and its choices queued again; the front's
+latency is measured again as one Ray task after the trials.
 """
 
 from __future__ import annotations
@@ -20,12 +26,24 @@ import optuna
 from optuna.trial import TrialState
 
 from searchcomp.candidate import Recipe
-from searchcomp.errors import SearchcompError
+from searchcomp.errors import OutputError, SearchcompError
+from searchcomp.search.lease import (
+    MAX_RETRIES,
+    Heartbeat,
+    count_retries,
+    fail_stale_trials,
+    requeue,
+)
 from searchcomp.search.runner import format_line, sample_recipe, weights_name
-from searchcomp.search.study import COUNTED, STOPPED_REASON, done_trials, trial_row
+from searchcomp.search.samplers import space_exhausted
+from searchcomp.search.study import COUNTED, STOPPED_REASON, done_trials, is_done, trial_row
 from searchcomp.search.trial import TrialContext
 
 RESULT_KEY = "searchcomp"
+#: key of a trial result that says the search must stop (a file could not be written)
+FATAL = "fatal"
+#: seconds between two quota checks while the quota is filled by running trials
+QUOTA_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     import torch
     from ray import tune
 
+    from searchcomp.search.locks import computing
     from searchcomp.search.trial import run_trial
     from searchcomp.train import BelowFloor
 
@@ -73,11 +92,15 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     try:
         ctx = _context(spec)
         out["summary"] = recipe.summary(ctx.block_names)
-        outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
+        with computing(ctx.weights_dir.parent):
+            outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
         out.update(outcome.to_attrs())
         metrics = {o: float(outcome.metrics[o]) for o in ctx.space.objectives}
     except BelowFloor as e:
         out.update({STOPPED_REASON: str(e), "accuracy_at_check": e.accuracy})
+        metrics = {}
+    except OutputError as e:  # the disk's fault: not counted, and the search stops
+        out.update({"fail_reason": str(e)[:2000], FATAL: str(e)})
         metrics = {}
     except Exception as e:  # the trial's own result: recorded, the search goes on
         out.update({"fail_reason": f"{type(e).__name__}: {e}"[:2000], COUNTED: True})
@@ -88,42 +111,114 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
     tune.report({**metrics, RESULT_KEY: json.dumps(out, default=str)})
 
 
-def _make_searcher(ctx: TrialContext, study: optuna.Study, on_row: Callable[[dict], None]):
+def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
+                   on_row: Callable[[dict], None], lock, heartbeat: Heartbeat,
+                   log: Callable[[str], None]):
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = list(ctx.space.objectives)
+    heartbeat_s = float(ctx.space.search.heartbeat_s)
+    todo = max(0, n_trials - len(done_trials(study)))
 
     class StudySearch(OptunaSearch):
-        """OptunaSearch that writes each trial's attributes into the shared study."""
+        """OptunaSearch that checks the study's quota before each trial, keeps the trials'
+        heartbeats, and writes each trial's attributes into the shared study."""
+
+        fatal: str | None = None
+        stopped: str | None = None
+        _asked = 0
+        _next_check = 0.0
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if self.fatal or self._asked >= 3 * todo + 10:
+                return Searcher.FINISHED
+            if time.monotonic() < self._next_check:
+                return None  # the quota was full a moment ago: Tune asks again soon
+            fail_stale_trials(study, heartbeat_s, log=log)
+            with lock():
+                trials = study.get_trials(deepcopy=False)
+                done = sum(1 for t in trials if is_done(t))
+                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                if done >= n_trials:
+                    return Searcher.FINISHED
+                if done + running >= n_trials:
+                    self._next_check = time.monotonic() + QUOTA_POLL_S
+                    return None
+                if (not any(t.state == TrialState.WAITING for t in trials)
+                        and space_exhausted(ctx_space, trials)):
+                    self.stopped = "exhausted"
+                    log("the search space is exhausted: every configuration is done or "
+                        "running; stopping")
+                    return Searcher.FINISHED
+                config = super().suggest(trial_id)
+                heartbeat.add(self._ot_trials[trial_id]._trial_id)
+            self._asked += 1
+            return config
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            if trial_id in self._completed_trials:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
-            attrs = json.loads(result[RESULT_KEY]) if result and RESULT_KEY in result else {
-                "fail_reason": "the Ray worker died or raised before reporting", COUNTED: True}
+            heartbeat.remove(ot_trial._trial_id)
+            self._completed_trials.add(trial_id)
+            if not (result and RESULT_KEY in result):
+                self._worker_died(ot_trial)
+                return
+            attrs = json.loads(result[RESULT_KEY])
             for k, v in attrs.items():
-                if k != "constraints":
+                if k not in ("constraints", FATAL):
                     ot_trial.set_user_attr(k, v)
             for k, v in (attrs.get("constraints") or {}).items():
                 ot_trial.set_constraint(k, float(v))
+            if FATAL in attrs:
+                self.fatal = attrs[FATAL]
             if "fail_reason" in attrs:
                 state, values = TrialState.FAIL, None
             elif STOPPED_REASON in attrs:
                 state, values = TrialState.PRUNED, None
             else:
                 state, values = TrialState.COMPLETE, [float(result[o]) for o in objectives]
-            self._ot_study.tell(ot_trial, values, state=state)
-            self._completed_trials.add(trial_id)
+            self._tell(ot_trial, values, state)
+
+        def _worker_died(self, ot_trial) -> None:
+            """No result: the worker process died (killed, out of memory) or Ray failed. Not
+            the candidate's fault: failed, not counted, its choices queued again."""
             frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-            on_row(trial_row(frozen, objectives))
+            retries = count_retries(study, frozen)
+            reason = ("the Ray worker running it died or failed before reporting (see the Ray "
+                      "logs under the study's ray/ folder)")
+            ot_trial.set_user_attr("fail_reason", reason)
+            if retries >= MAX_RETRIES:
+                ot_trial.set_user_attr(COUNTED, True)
+            self._tell(ot_trial, None, TrialState.FAIL)
+            if retries < MAX_RETRIES:
+                requeue(study, frozen)
+            log(f"trial {ot_trial.number}: {reason}; "
+                + ("its choices are queued again" if retries < MAX_RETRIES else
+                   f"the {retries + 1}th time for these choices, so counted as failed"))
+
+        def _tell(self, ot_trial, values, state) -> None:
+            try:
+                self._ot_study.tell(ot_trial, values, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                log(f"trial {ot_trial.number}: failed as stale by another worker while it "
+                    "ran; its result is dropped")
+                return
+            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+            if is_done(frozen):
+                on_row(trial_row(frozen, objectives))
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the study storage holds the state, and a rerun resumes it."""
 
         def restore(self, checkpoint_path: str) -> None:
             """See :meth:`save`."""
+
+    from searchcomp.search.runner import recipe_space
+
+    ctx_space = recipe_space(ctx.blocks, ctx.space.blocks.head)
 
     def define(trial) -> dict[str, Any]:
         sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
@@ -136,11 +231,23 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, on_row: Callable[[dic
     return searcher
 
 
+def remeasure_task(spec: WorkerSpec, points: list[dict[str, Any]], with_base: bool
+                   ) -> dict[str, dict[str, Any]]:
+    """A Ray task: the quiet latency of ``points`` (see :mod:`searchcomp.search.remeasure`)."""
+    import torch
+
+    from searchcomp.search.remeasure import time_points
+
+    torch.set_num_threads(spec.threads)
+    return time_points(_context(spec), points, with_base)
+
+
 def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: int, *,
             address: str | None = None, concurrency: int = 2, cpus_per_trial: float = 1,
             gpus_per_trial: float = 0, timeout_s: float | None = None,
-            log: Callable[[str], None] = print) -> int:
-    """Run trials on Ray until ``n_trials`` are done in the study; returns how many ran."""
+            log: Callable[[str], None] = print, lock=None) -> int:
+    """Run trials on Ray until ``n_trials`` are done in the study, then measure the front's
+    latency again as one Ray task; returns how many trials ran."""
     try:
         import ray
         from ray import tune
@@ -171,20 +278,28 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         ran[0] += 1
         log(format_line(row))
 
-    searcher = _make_searcher(ctx, study, on_row)
+    import contextlib
+
+    lock = lock or contextlib.nullcontext
     trainable = tune.with_resources(tune.with_parameters(ray_trial, spec=spec),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
-                                    max_concurrent_trials=concurrency,
-                                    time_budget_s=timeout_s),
-        run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
-    import warnings
-
-    with warnings.catch_warnings():  # asking a study with heartbeats outside optimize()
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+    with Heartbeat(study._storage, ctx.space.search.heartbeat_s) as heartbeat:
+        searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log)
+        # num_samples -1: the searcher says when the study has its N distinct candidates
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=concurrency,
+                                        time_budget_s=timeout_s),
+            run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
+    if searcher.fatal:
+        raise OutputError(searcher.fatal)
+    from searchcomp.search.remeasure import remeasure_front
+
+    task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(remeasure_task)
+    remeasure_front(study, list(ctx.space.objectives),
+                    lambda pts, base: ray.get(task.remote(spec, pts, base)), lock, log)
     return ran[0]

@@ -1,34 +1,58 @@
-"""The local search loop: Optuna asks for choices, a trial builds, fine-tunes and scores them."""
+"""The local search loop: Optuna asks for choices, a trial builds, fine-tunes and scores them.
+
+The loop uses Optuna's ask/tell: under the study lock (:mod:`searchcomp.search.locks`) a worker
+checks the quota — trials done plus trials running anywhere — and only then creates a trial and
+stores its choices, so workers never create placeholder trials and never start the same
+choices twice. While a trial runs, a heartbeat (:mod:`searchcomp.search.lease`) marks it alive;
+a worker waiting for trials of others fails the ones whose process died.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
 from searchcomp.candidate import Recipe
 from searchcomp.config import CHOICES, KEEP, NEUTRAL
+from searchcomp.errors import OutputError
 from searchcomp.models import Block
 from searchcomp.search.front import pareto_front
-from searchcomp.search.study import (
+from searchcomp.search.lease import Heartbeat, beat, fail_stale_trials, worker_name
+from searchcomp.search.locks import computing
+from searchcomp.search.progress import Progress, format_line
+from searchcomp.search.samplers import space_exhausted, space_size
+from searchcomp.search.states import (
     COUNTED,
+    DUPLICATE_OF,
     SKIPPED,
     STOPPED_REASON,
-    done_trials,
     is_done,
-    trial_row,
+    params_key,
+    taken_keys,
 )
+from searchcomp.search.study import done_trials, trial_row
 from searchcomp.search.trial import TrialContext, run_trial
 from searchcomp.train import BelowFloor, total_steps
+
+__all__ = ["Progress", "Searcher", "enqueue_seeds", "format_line", "param_name",
+           "recipe_params", "recipe_space", "sample_recipe", "weights_name"]
 
 #: failures that are a trial's own result (an impossible combination, a NaN loss, out of
 #: memory, a bug a choice triggers): recorded with the reason, then the search goes on
 TRIAL_ERRORS = (Exception,)
+#: seconds between looks at the study while the quota is filled by trials of other workers
+POLL_S = 5.0
+#: attributes a duplicate does not copy from the trial it is answered from
+OWN_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "retry_of")
 
 
 def weights_name(number: int) -> str:
@@ -42,6 +66,18 @@ def weights_name(number: int) -> str:
 def param_name(block: str, choice: str) -> str:
     """The Optuna parameter of a block's choice, e.g. ``layer1.0/conv``."""
     return f"{block}/{choice}"
+
+
+def recipe_space(blocks: list[Block], head_values: tuple[str, ...]
+                 ) -> dict[str, BaseDistribution]:
+    """Every Optuna parameter of a recipe with its distribution (what :func:`sample_recipe`
+    suggests)."""
+    space: dict[str, BaseDistribution] = {}
+    for b in blocks:
+        for c in CHOICES:
+            space[param_name(b.name, c)] = CategoricalDistribution(list(getattr(b.choices, c)))
+    space["head"] = CategoricalDistribution(list(head_values))
+    return space
 
 
 def sample_recipe(trial: Trial, blocks: list[Block], head_values: tuple[str, ...]) -> Recipe:
@@ -76,109 +112,75 @@ def recipe_params(recipe: Recipe, blocks: list[Block], head_values: tuple[str, .
     return params
 
 
-class Progress:
-    """A live bar of trials (done / total, ETA, front size) and one of the current fine-tune's
-    steps, plus one summary line per finished trial. ``quiet`` keeps only the lines."""
-
-    def __init__(self, total: int | None, done: int, quiet: bool, stream=None) -> None:
-        from tqdm.auto import tqdm
-
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.trials = tqdm(total=total, initial=done, desc="trials", unit="trial",
-                           disable=quiet, file=self.stream, dynamic_ncols=True)
-        self.steps = tqdm(total=1, desc="fine-tune", unit="step", disable=quiet, leave=False,
-                          position=1, file=self.stream, dynamic_ncols=True)
-
-    def start_trial(self, number: int, total_steps: int) -> None:
-        self.steps.reset(total=total_steps)
-        self.steps.set_description(f"trial {number} fine-tune")
-
-    def step(self, step: int, total: int, loss: float) -> None:
-        self.steps.update(1)
-        if step % 5 == 0 or step == total:
-            self.steps.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def finished(self, line: str, front_size: int) -> None:
-        self.trials.update(1)
-        self.trials.set_postfix(front=front_size)
-        if self.quiet:
-            print(line, file=self.stream, flush=True)
-        else:
-            self.trials.write(line, file=self.stream)
-
-    def close(self) -> None:
-        self.steps.close()
-        self.trials.close()
-
-
-def format_line(row: dict[str, Any]) -> str:
-    """One line per finished trial for the log."""
-    n, state = row["trial"], row["state"]
-    if state != "complete":
-        why = row.get("fail_reason") or row.get(STOPPED_REASON) or ""
-        return f"trial {n:>4} {state:<8} {row.get('summary', '')}  {why}"
-    feas = "" if row.get("feasible", True) else " (infeasible)"
-    if row.get("duplicate_of") is not None:
-        feas += f" (same choices as trial {row['duplicate_of']}: not run again)"
-    return (f"trial {n:>4} acc {row['accuracy']:.4f}  params {row['params'] / 1e6:6.2f} M  "
-            f"{row['size_mib']:7.2f} MiB  {row['latency_ms']:7.2f} ms  "
-            f"{row.get('finetune_seconds', 0):5.1f} s  {row.get('summary', '')}{feas}")
+def _no_lock() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class Searcher:
-    """Runs trials of one study against one prepared context."""
+    """Runs trials of one study against one prepared context.
+
+    ``lock`` is the study's cross-process lock (:class:`searchcomp.search.locks.StudyLock`);
+    without it the quota check and the trial creation are atomic within this process only.
+    """
 
     def __init__(self, ctx: TrialContext, study: optuna.Study, *, seed: int = 0,
-                 quiet: bool = False, strategy: str = "search") -> None:
+                 quiet: bool = False, strategy: str = "search",
+                 lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.ctx, self.study, self.seed, self.quiet = ctx, study, seed, quiet
         self.strategy = strategy
+        self.lock = lock or _no_lock
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.objectives = list(ctx.space.objectives)
+        self.space = recipe_space(ctx.blocks, ctx.space.blocks.head)
+        self.heartbeat_s = float(ctx.space.search.heartbeat_s)
         self.progress: Progress | None = None
         self.on_result: Callable[[dict[str, Any]], None] | None = None
-        #: the study's quota of done trials while :meth:`run` runs (several workers share it)
-        self.target: int | None = None
-        self.skipped = False
+        #: why the last :meth:`run` stopped early ("exhausted", "timeout", "attempts") or None
+        self.stopped: str | None = None
+        self._outcome = "ran"
+        self._heartbeat: Heartbeat | None = None
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
         """Optuna objective: sample, run, store everything the dashboard and export need."""
         ctx = self.ctx
-        if self.target is not None and self._ahead(trial) >= self.target:
-            # other workers on this study already fill the quota: give the slot back
-            trial.set_user_attr(SKIPPED, True)
-            self.skipped = True
-            raise optuna.TrialPruned("skipped: the study has enough trials done or running")
+        self._outcome = "ran"
         recipe = sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("summary", recipe.summary(ctx.block_names))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
-        if self._running_twin(trial):
-            # another worker (same sampler seed) is running these very choices: give the slot
-            # back; the sampler proposes something else next time
-            trial.set_user_attr(SKIPPED, True)
-            raise optuna.TrialPruned("skipped: another worker runs the same choices")
         same = self._same_recipe(trial)
-        if same is not None:  # samplers can repeat themselves; a fine-tune is too dear to redo
+        if same is not None:  # a queued copy of a finished trial: a fine-tune is too dear
             for k, v in same.user_attrs.items():
-                if k not in ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass"):
+                if k not in OWN_ATTRS:
                     trial.set_user_attr(k, v)
-            trial.set_user_attr("duplicate_of", same.number)
+            trial.set_user_attr(DUPLICATE_OF, same.number)
             for k, v in same.constraints.items():
                 trial.set_constraint(k, float(v))
+            self._outcome = "duplicate"
             return tuple(float(same.user_attrs[o]) for o in self.objectives)
+        if self._running_twin(trial):
+            # only without a study lock can another worker have started these very choices
+            trial.set_user_attr(SKIPPED, True)
+            self._outcome = "skipped"
+            raise optuna.TrialPruned("skipped: another worker runs the same choices")
         if self.progress:
             self.progress.start_trial(trial.number, total_steps(ctx.space.finetune,
                                                                 ctx.splits.train))
         t0 = time.perf_counter()
         try:
             trial.set_user_attr("seed", self.seed + trial.number)
-            outcome = run_trial(ctx, recipe, self.seed + trial.number, weights_name(trial.number),
-                                on_step=self.progress.step if self.progress else None)
+            with computing(ctx.weights_dir.parent):
+                outcome = run_trial(ctx, recipe, self.seed + trial.number,
+                                    weights_name(trial.number),
+                                    on_step=self.progress.step if self.progress else None)
         except BelowFloor as e:
             trial.set_user_attr(STOPPED_REASON, str(e))
             trial.set_user_attr("accuracy_at_check", e.accuracy)
             raise optuna.TrialPruned(str(e)) from None
+        except OutputError:
+            raise  # the disk's fault, not the candidate's: the search stops
         except TRIAL_ERRORS as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             trial.set_user_attr(COUNTED, True)
@@ -191,34 +193,95 @@ class Searcher:
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return tuple(float(outcome.metrics[o]) for o in self.objectives)
 
-    def _ahead(self, trial: Trial) -> int:
-        """Trials created before this one that are done or still running (any worker)."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False)
-                   if t.number < trial.number and (is_done(t) or t.state == TrialState.RUNNING))
-
     def _running_twin(self, trial: Trial) -> bool:
-        return any(t.number != trial.number and t.state == TrialState.RUNNING
-                   and t.params == trial.params
+        return any(t.number != trial.number and t.params == trial.params
                    for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
     def _same_recipe(self, trial: Trial) -> optuna.trial.FrozenTrial | None:
-        """A completed trial of this study with exactly the same choices, if any."""
+        """A completed, original trial of this study with exactly the same choices, if any."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number != trial.number and t.params == trial.params and all(
-                    o in t.user_attrs for o in self.objectives):
+            if (t.number != trial.number and t.params == trial.params
+                    and t.user_attrs.get(DUPLICATE_OF) is None
+                    and all(o in t.user_attrs for o in self.objectives)):
                 return t
         return None
 
+    def execute(self, trial: Trial) -> str:
+        """Run ``trial`` (already created) and tell the study; returns ``"ran"``,
+        ``"duplicate"`` (answered from a finished trial) or ``"skipped"``. Raises
+        :class:`OutputError` (the search must stop) and ``KeyboardInterrupt`` after
+        recording the trial as failed and not counted."""
+        with contextlib.ExitStack() as stack:
+            hb = self._heartbeat or stack.enter_context(
+                Heartbeat(self.study._storage, self.heartbeat_s))
+            hb.add(trial._trial_id)
+            stack.callback(hb.remove, trial._trial_id)
+            values, state = None, TrialState.COMPLETE
+            try:
+                values = self.objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except OutputError as e:
+                trial.set_user_attr("fail_reason", str(e)[:2000])
+                self._tell(trial, None, TrialState.FAIL)
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); run again")
+                self._tell(trial, None, TrialState.FAIL)
+                raise
+            except TRIAL_ERRORS:
+                state = TrialState.FAIL
+        self._tell(trial, values, state)
+        gc.collect()
+        return self._outcome
+
+    def _tell(self, trial: Trial, values: tuple[float, ...] | None, state: TrialState) -> None:
+        try:
+            self.study.tell(trial, values if state == TrialState.COMPLETE else None,
+                            state=state)
+        except UpdateFinishedTrialError:
+            self.log(f"trial {trial.number}: another worker failed it as stale while it ran "
+                     f"(no heartbeat for {2 * self.heartbeat_s:g} s); its result is dropped")
+            return
+        self._callback(self.study, self.study._storage.get_trial(trial._trial_id))
+
     def _callback(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        if frozen.user_attrs.get(SKIPPED):
+        if frozen.user_attrs.get(SKIPPED) or (frozen.state == TrialState.FAIL
+                                              and not frozen.user_attrs.get(COUNTED)):
             return
         row = trial_row(frozen, self.objectives)
         if self.progress:
             rows = [trial_row(t, self.objectives) for t in done_trials(study)
                     if t.state == TrialState.COMPLETE]
-            self.progress.finished(format_line(row), len(pareto_front(rows, self.objectives)))
+            self.progress.finished(format_line(row), len(pareto_front(rows, self.objectives)),
+                                   counted=is_done(frozen))
         if self.on_result:
             self.on_result(row)
+
+    def _ask(self) -> Trial:
+        """Create a trial (the oldest queued one first) and store its choices."""
+        trial = self.study.ask()
+        beat(self.study._storage, trial._trial_id, worker_name())
+        sample_recipe(trial, self.ctx.blocks, self.ctx.space.blocks.head)
+        return trial
+
+    def claim(self, n_trials: int | None = None) -> tuple[Trial | None, str]:
+        """Under the study lock: a new trial if the quota (done + running anywhere < N) and
+        the space allow one. Returns (trial, "new"), or (None, why): "done", "full" (the rest
+        runs elsewhere) or "exhausted" (every configuration is taken)."""
+        with self.lock():
+            trials = self.study.get_trials(deepcopy=False)
+            if n_trials is not None:
+                done = sum(1 for t in trials if is_done(t))
+                if done >= n_trials:
+                    return None, "done"
+                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                if done + running >= n_trials:
+                    return None, "full"
+            queued = any(t.state == TrialState.WAITING for t in trials)
+            if not queued and space_exhausted(self.space, trials):
+                return None, "exhausted"
+            return self._ask(), "new"
 
     # -- the loop ----------------------------------------------------------------------------
     def open_progress(self, total: int | None, done: int = 0) -> None:
@@ -230,76 +293,74 @@ class Searcher:
             self.progress.close()
         self.progress = None
 
-    def run_one(self, timeout: float | None = None) -> None:
-        """Run one trial (the oldest queued one, else a sampled one)."""
-        self.study.optimize(self.objective, n_trials=1, timeout=timeout, catch=TRIAL_ERRORS,
-                            callbacks=[self._callback], gc_after_trial=True)
+    def run_one(self, timeout: float | None = None) -> str:
+        """Run one trial (the oldest queued one, else a sampled one); returns what
+        :meth:`execute` returns, or ``"exhausted"``."""
+        trial, why = self.claim()
+        return self.execute(trial) if trial is not None else why
 
     def run(self, n_trials: int, timeout: float | None = None) -> int:
-        """Run trials until ``n_trials`` are done in the study (resuming), or the timeout.
-        Returns how many trials this call ran."""
+        """Run trials until ``n_trials`` distinct candidates are done in the study (resuming,
+        with any number of workers), the space is exhausted, or the timeout. Returns how many
+        trials this call ran (answered duplicates and skipped slots are not runs)."""
         done = len(done_trials(self.study))
         todo = max(0, n_trials - done)
+        self.stopped = None
         if todo == 0:
             return 0
         self.open_progress(n_trials, done)
-        self.target = n_trials
-        ran = attempts = idle = 0
-        last_running: set[int] = set()
+        ran = attempts = 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        waiting_for: set[int] = set()
         try:
-            # One optimize() call per trial: the number done is re-read each time, so trials
-            # that fail for a reason count, interrupted or stale ones do not, and resume is
-            # exact. The bound stops a loop of trials that never count.
-            while attempts < 3 * todo + 10:
-                if len(done_trials(self.study)) >= n_trials:
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self.skipped = False
-                self.run_one(left)
-                if not self.skipped:
-                    ran += 1
+            with Heartbeat(self.study._storage, self.heartbeat_s) as hb:
+                self._heartbeat = hb
+                # the bound stops a loop of trials that never count (answered duplicates,
+                # trials whose process keeps dying)
+                while attempts < 3 * todo + 10:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.stopped = "timeout"
+                        break
+                    fail_stale_trials(self.study, self.heartbeat_s, log=self.log)
+                    trial, why = self.claim(n_trials)
+                    if why == "done":
+                        break
+                    if why == "exhausted":
+                        self.stopped = "exhausted"
+                        self.log(f"the search space is exhausted: all {space_size(self.space):,}"
+                                 " configurations are done or running; stopping")
+                        break
+                    if trial is None:  # the rest of the quota runs in other workers
+                        running = {t.number for t in self.study.get_trials(
+                            deepcopy=False, states=(TrialState.RUNNING,))}
+                        if running - waiting_for:
+                            self.log(f"waiting for trial(s) {sorted(running)} running in other "
+                                     f"workers (failed if silent for {2 * self.heartbeat_s:g} s)")
+                        waiting_for = running
+                        wait = min(POLL_S, self.heartbeat_s)
+                        if deadline is not None:
+                            wait = max(0.0, min(wait, deadline - time.monotonic()))
+                        time.sleep(wait)
+                        continue
                     attempts += 1
-                    continue
-                # the quota is filled by trials running elsewhere: wait for them to finish,
-                # or to be found dead (a trial silent for 2 heartbeats is failed and requeued)
-                running = {t.number for t in self.study.get_trials(
-                    deepcopy=False, states=(TrialState.RUNNING,))}
-                idle = idle + 1 if running == last_running else 0
-                last_running = running
-                if idle >= 3 and not _has_heartbeat(self.study):
-                    print(f"stopping: trial(s) {sorted(running)} stay RUNNING and this storage "
-                          "has no heartbeat to tell a dead worker from a slow one; if no other "
-                          "worker runs them, they were left by a killed process",
-                          file=sys.stderr)
-                    break
-                time.sleep(self.ctx.space.search.heartbeat_s)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(self.study)
+                    if self.execute(trial) == "ran":
+                        ran += 1
+                else:
+                    self.stopped = "attempts"
         finally:
-            self.target = None
+            self._heartbeat = None
             self.close_progress()
         return ran
 
 
-def _has_heartbeat(study: optuna.Study) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(study._storage)
-
-
-def enqueue_seeds(study: optuna.Study, ctx: TrialContext) -> int:
+def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
+                  lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+                  ) -> int:
     """Queue the base (every block ``keep``) and the space's uniform seed configurations
     that no done, queued or running trial of the study already has (so a seed interrupted
-    by Ctrl-C is queued again). Returns how many were queued."""
+    by Ctrl-C is queued again). Under the study ``lock`` this is idempotent across workers
+    started together. Returns how many were queued."""
     from searchcomp.candidate import uniform_recipe
-
-    present = {tuple(sorted((t.params or t.system_attrs.get("fixed_params", {})).items()))
-               for t in study.get_trials(deepcopy=False)
-               if is_done(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
 
     head_values = ctx.space.blocks.head
     seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
@@ -309,12 +370,14 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext) -> int:
         tag = "uniform " + " ".join(f"{k}={v}" for k, v in {**cfg, "head": head}.items()
                                     if not (k == "head" and v == KEEP))
         seeds.append((tag, uniform_recipe(ctx.blocks, head=head, **cfg)))
-    seen = set()
-    for tag, recipe in seeds:
-        params = recipe_params(recipe, ctx.blocks, head_values)
-        key = tuple(sorted(params.items()))
-        if key in seen or key in present:
-            continue
-        seen.add(key)
-        study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
+    with (lock or _no_lock)():
+        present = taken_keys(study.get_trials(deepcopy=False))
+        seen = set()
+        for tag, recipe in seeds:
+            params = recipe_params(recipe, ctx.blocks, head_values)
+            key = params_key(params)
+            if key in seen or key in present:
+                continue
+            seen.add(key)
+            study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
     return len(seen)

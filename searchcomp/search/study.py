@@ -12,14 +12,14 @@ from optuna.trial import FrozenTrial, TrialState
 from searchcomp.config import Space
 from searchcomp.errors import SearchcompError
 from searchcomp.search.samplers import make_sampler
-
-#: user attribute set on a trial whose failure is its own result (not an interruption)
-COUNTED = "counted"
-#: user attribute of a slot a worker gave back without running it (the quota was filled
-#: elsewhere, or another worker runs the same choices); Optuna records it as PRUNED
-SKIPPED = "skipped"
-#: user attribute of a trial stopped early by the accuracy floor (Optuna: PRUNED)
-STOPPED_REASON = "stopped_reason"
+from searchcomp.search.states import (  # noqa: F401 - re-exported: the study's vocabulary
+    COUNTED,
+    DUPLICATE_OF,
+    SKIPPED,
+    STOPPED_REASON,
+    is_done,
+    is_finished,
+)
 
 
 def default_storage(space: Space, study_name: str | None = None) -> str:
@@ -34,21 +34,18 @@ def resolve_storage(space: Space, storage: str | None = None,
     return storage or space.search.storage or default_storage(space, study_name)
 
 
-def make_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; database URLs get heartbeats so that trials left running
-    by a killed process are failed after 2 heartbeats and run again."""
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``. Trials left running by a killed process are found by
+    searchcomp's own heartbeat (:mod:`searchcomp.search.lease`), the same for every storage
+    and for Ray trials, so Optuna's (database storages only) stays off."""
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+        from optuna.storages import RDBStorage
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-                    engine_kwargs={"pool_pre_ping": True})
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except Exception as e:  # bad URL, missing driver, unreachable server
-            raise SearchcompError(f"--storage: cannot open {url}: {e}") from None
+            hint = " (pip install 'searchcomp[postgres]')" if "psycopg" in str(e) else ""
+            raise SearchcompError(f"--storage: cannot open {url}: {e}{hint}") from None
     if url.endswith((".log", ".journal")) or url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -61,8 +58,11 @@ def make_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
 
 def open_study(space: Space, *, storage: str | None = None, study_name: str | None = None,
                sampler: str | None = None, seed: int | None = None,
-               n_trials: int | None = None, load_only: bool = False) -> optuna.Study:
-    """Create or load the study of ``space`` (the same command resumes the same study)."""
+               n_trials: int | None = None, load_only: bool = False,
+               recipe_space: dict[str, Any] | None = None) -> optuna.Study:
+    """Create or load the study of ``space`` (the same command resumes the same study).
+    With ``recipe_space`` (:func:`searchcomp.search.runner.recipe_space`) the sampler never
+    proposes choices a trial already has (:class:`~searchcomp.search.samplers.DistinctSampler`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     name = study_name or space.name
     url = resolve_storage(space, storage, name)
@@ -76,7 +76,7 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
     if load_only and url.startswith("journal:") and not Path(journal).is_file():
         raise SearchcompError(f"no study yet: {journal} does not exist; run "
                               f"'searchcomp run {space.file} --storage {url}' first")
-    store = make_storage(url, space.search.heartbeat_s)
+    store = make_storage(url)
     if load_only:
         try:
             return optuna.load_study(study_name=name, storage=store)
@@ -85,7 +85,7 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
                                   f"'searchcomp run {space.file}' first") from None
     s = space.search
     smp = make_sampler(sampler or s.sampler, s.seed if seed is None else seed,
-                       n_trials or s.trials, s.population_size)
+                       n_trials or s.trials, s.population_size, recipe_space)
     try:
         study = optuna.create_study(storage=store, study_name=name, sampler=smp,
                                     directions=space.directions, load_if_exists=True)
@@ -109,17 +109,8 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
     return study
 
 
-def is_done(t: FrozenTrial) -> bool:
-    """Finished for good: complete, stopped early, or failed for its own reasons (not
-    interrupted, and not a slot a worker skipped)."""
-    if t.user_attrs.get(SKIPPED):
-        return False
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
-
-
 def done_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials that count toward ``--trials``."""
+    """The trials that count toward ``--trials``: distinct candidates finished for good."""
     return [t for t in study.get_trials(deepcopy=False) if is_done(t)]
 
 
@@ -139,7 +130,7 @@ def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[s
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
     for k in ("accuracy", "params", "size_mib", "latency_ms", "flops", "latency_runtime",
               "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
-              "duplicate_of"):
+              DUPLICATE_OF, "retry_of"):
         if k in a:
             row[k] = a[k]
     return row

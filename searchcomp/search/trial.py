@@ -6,8 +6,6 @@ Optuna loop, the greedy baseline, a Ray worker).
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +18,9 @@ from searchcomp.candidate import Recipe, build
 from searchcomp.config import Space
 from searchcomp.data import Splits, load_splits
 from searchcomp.measure import measure
-from searchcomp.models import Block, find_blocks, find_head, input_shape, obtain_base
+from searchcomp.models import Block, check_inputs, input_shape, obtain_base
+from searchcomp.search.files import write_atomic
+from searchcomp.search.locks import measuring
 from searchcomp.train import evaluate, finetune
 
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
@@ -78,11 +78,15 @@ class TrialOutcome:
 
 def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
             study_name: str | None = None) -> TrialContext:
-    """Load data, obtain the base, find the blocks and measure the base: the reference point."""
+    """Check every input, load data, obtain the base and measure it: the reference point.
+
+    Whatever needs only the space and the architecture (files named, blocks, every choice
+    against its layer, the head) is checked on fresh weights before any download or training.
+    """
+    arch = check_inputs(space)
     splits = load_splits(space.data, space.model)
     base = obtain_base(space, splits, progress=progress, log=log)
-    blocks = find_blocks(base.model, space)
-    head_name, _ = find_head(base.model, space)
+    blocks, head_name = arch.blocks, arch.head_name
     n_calib = space.finetune.calib_batches
     grad_batches = []
     # a fresh copy: the base's training advanced the shared one's epoch (cached or not)
@@ -135,8 +139,9 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step)
     accuracy = evaluate(model, ctx.splits.val)
     mm = space.measure
-    met = measure(model, input_shape(space.model), batch_size=mm.batch_size, threads=mm.threads,
-                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
+    with measuring(ctx.weights_dir.parent):  # one latency measurement at a time per machine
+        met = measure(model, input_shape(space.model), batch_size=mm.batch_size,
+                      threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
     metrics = {"accuracy": accuracy, "params": met.params, "size_mib": met.size_mib,
                "latency_ms": met.latency_ms, "flops": met.flops,
                "latency_runtime": met.latency_runtime}
@@ -148,9 +153,7 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
-    """Write the fine-tuned state (atomically) so export needs no retraining."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    """Write the fine-tuned state (whole or not at all) so export needs no retraining; a
+    disk that refuses it raises :class:`searchcomp.errors.OutputError`."""
+    state = model.state_dict()
+    return write_atomic(path, lambda tmp: torch.save(state, tmp), "trial weights")

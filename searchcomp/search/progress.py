@@ -1,0 +1,62 @@
+"""What a search shows while it runs: a bar of trials, one of the current fine-tune, and one
+line per finished trial."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from searchcomp.search.states import DUPLICATE_OF, STOPPED_REASON
+
+
+class Progress:
+    """A live bar of trials (done / total, ETA, front size) and one of the current fine-tune's
+    steps, plus one summary line per finished trial. ``quiet`` keeps only the lines."""
+
+    def __init__(self, total: int | None, done: int, quiet: bool, stream=None) -> None:
+        from tqdm.auto import tqdm
+
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.trials = tqdm(total=total, initial=done, desc="trials", unit="trial",
+                           disable=quiet, file=self.stream, dynamic_ncols=True)
+        self.steps = tqdm(total=1, desc="fine-tune", unit="step", disable=quiet, leave=False,
+                          position=1, file=self.stream, dynamic_ncols=True)
+
+    def start_trial(self, number: int, total_steps: int) -> None:
+        self.steps.reset(total=total_steps)
+        self.steps.set_description(f"trial {number} fine-tune")
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        self.steps.update(1)
+        if step % 5 == 0 or step == total:
+            self.steps.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def finished(self, line: str, front_size: int, counted: bool = True) -> None:
+        """One trial ended: its line; the bar moves when it counts toward the budget."""
+        if counted:
+            self.trials.update(1)
+        self.trials.set_postfix(front=front_size)
+        if self.quiet:
+            print(line, file=self.stream, flush=True)
+        else:
+            self.trials.write(line, file=self.stream)
+
+    def close(self) -> None:
+        self.steps.close()
+        self.trials.close()
+
+
+def format_line(row: dict[str, Any]) -> str:
+    """One line per finished trial for the log."""
+    n, state = row["trial"], row["state"]
+    if state != "complete":
+        why = row.get("fail_reason") or row.get(STOPPED_REASON) or ""
+        return f"trial {n:>4} {state:<8} {row.get('summary', '')}  {why}"
+    feas = "" if row.get("feasible", True) else " (infeasible)"
+    if row.get(DUPLICATE_OF) is not None:
+        feas += (f" (same choices as trial {row[DUPLICATE_OF]}: answered from it, not run "
+                 "again and not counted)")
+    return (f"trial {n:>4} acc {row['accuracy']:.4f}  params {row['params'] / 1e6:6.2f} M  "
+            f"{row['size_mib']:7.2f} MiB  {row['latency_ms']:7.2f} ms  "
+            f"{row.get('finetune_seconds', 0):5.1f} s  {row.get('summary', '')}{feas}")
