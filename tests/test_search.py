@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -20,7 +17,7 @@ from searchcomp.results.study import load_results
 from searchcomp.search.api import run_search
 from searchcomp.search.front import dominates, hypervolume, normalized
 from searchcomp.search.greedy import greedy_rule
-from searchcomp.search.study import done_trials, open_study
+from searchcomp.search.study import open_study
 
 SEARCH_SPACE = """\
 name: tiny-search
@@ -100,11 +97,12 @@ def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     assert out["base"]["params"] == 11172810 and out["greedy"] is None
     # running again with the same --trials does nothing more
     assert run_search(space, quiet=True, log=_quiet).ran == 0
-    # a repeated configuration is not fine-tuned again: it reuses the earlier result
+    # a repeated configuration is not fine-tuned again: it reuses the earlier result, and
+    # does not count as a candidate (tests/test_reliability.py has more)
     study.enqueue_trial(trials[1].params)
     assert run_search(space, trials=6, quiet=True, log=_quiet).ran == 1
-    last = open_study(space, load_only=True).get_trials()[-1]
-    assert last.user_attrs["duplicate_of"] == 1 and last.values == trials[1].values
+    copy = open_study(space, load_only=True).get_trials()[5]
+    assert copy.user_attrs["duplicate_of"] == 1 and copy.values == trials[1].values
 
 
 def test_failing_trials_are_recorded_and_the_run_finishes(tmp_path):
@@ -165,46 +163,6 @@ def test_greedy_strategy_in_the_study(tmp_path, capsys):
     assert all(v == {"conv": "separable"} for v in res.greedy["recipe"].values())
     assert main(["front", str(space.file)]) == 0
     assert "greedy" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_finishes_exactly_n(tmp_path):
-    spec = _space_file(tmp_path, steps=40, trials=4)
-    cmd = [sys.executable, "-m", "searchcomp", "run", str(spec), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
-    space = load_space(spec)
-    db = tmp_path / "studies" / "tiny-search" / "study.db"
-    deadline = time.monotonic() + 240
-    killed = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        if not db.exists():
-            continue
-        try:
-            trials = optuna.load_study(study_name="tiny-search",
-                                       storage=f"sqlite:///{db}").get_trials()
-        except Exception:
-            continue
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        if len(done) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-            break
-    proc.wait(timeout=30)
-    assert killed, "the run finished before it could be killed; " + proc.stderr.read().decode()
-    time.sleep(2.5)  # longer than the grace period (2 heartbeats of 1 s)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    study = open_study(space, load_only=True)
-    done = done_trials(study)
-    assert len(done) == 4
-    numbers = [t.number for t in done]
-    assert len(set(numbers)) == len(numbers)
-    stale = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert len(stale) == 1 and "counted" not in stale[0].user_attrs  # the killed one, rerun
-    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
 
 
 @pytest.mark.slow

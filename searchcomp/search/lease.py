@@ -66,6 +66,14 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict:
+        # Ray Tune pickles its searcher (which holds this): a copy is inert, the beats come
+        # from the original in the driver
+        return {"storage": self.storage, "interval_s": self.interval_s, "worker": self.worker}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["storage"], state["interval_s"], state["worker"])
+
     def add(self, trial_id: int) -> None:
         """Beat for ``trial_id`` from now on (marks it alive at once)."""
         beat(self.storage, trial_id, self.worker)

@@ -78,6 +78,12 @@ class StudyLock:
         self.url, self.study_name = url, study_name
         self._engine = None
 
+    def __getstate__(self) -> dict:
+        return {"url": self.url, "study_name": self.study_name}  # no engine: made on use
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["url"], state["study_name"])
+
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
         url = self.url

@@ -286,10 +286,11 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
     with Heartbeat(study._storage, ctx.space.search.heartbeat_s) as heartbeat:
         searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log)
-        # num_samples -1: the searcher says when the study has its N distinct candidates
+        # an upper bound: the searcher says when the study has its N distinct candidates
+        # (trials whose worker died are run again and need slots of their own)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=3 * todo + 10,
                                         max_concurrent_trials=concurrency,
                                         time_budget_s=timeout_s),
             run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,

@@ -140,6 +140,9 @@ class Searcher:
         self.stopped: str | None = None
         self._outcome = "ran"
         self._heartbeat: Heartbeat | None = None
+        # the context (base, data) and the libraries live as long as the run: keep them out of
+        # the collection after each trial (a full one walks ~0.5 M objects otherwise)
+        gc.freeze()
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:

@@ -29,8 +29,9 @@ def params_key(params: dict[str, Any]) -> tuple:
 
 
 def trial_params(t: FrozenTrial) -> dict[str, Any]:
-    """The choices of ``t``: its parameters, or for a queued trial the ones it was given."""
-    return t.params or t.system_attrs.get("fixed_params", {}) or {}
+    """The choices of ``t``: for a queued trial the ones it was given (authoritative while it
+    is running, before all are suggested), else its parameters."""
+    return {**t.params, **(t.system_attrs.get("fixed_params") or {})}
 
 
 def is_finished(t: FrozenTrial) -> bool:

@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.config import Space
 from searchcomp.errors import SearchcompError
+from searchcomp.search.locks import StudyLock
 from searchcomp.search.samplers import make_sampler
 from searchcomp.search.states import (  # noqa: F401 - re-exported: the study's vocabulary
     COUNTED,
@@ -42,10 +43,15 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages import RDBStorage
 
         try:
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except Exception as e:  # bad URL, missing driver, unreachable server
-            hint = " (pip install 'searchcomp[postgres]')" if "psycopg" in str(e) else ""
-            raise SearchcompError(f"--storage: cannot open {url}: {e}{hint}") from None
+            # workers started together would race to create the tables: one at a time
+            with StudyLock(url, "searchcomp:storage-schema")():
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ModuleNotFoundError as e:  # the database driver
+            raise SearchcompError(f"--storage: cannot open {url}: {e} (for PostgreSQL: pip "
+                                  "install 'searchcomp[postgres]')") from None
+        except Exception as e:  # bad URL, unreachable server
+            msg = str(e).splitlines()[0]
+            raise SearchcompError(f"--storage: cannot open {url}: {msg}") from None
     if url.endswith((".log", ".journal")) or url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
