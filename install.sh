@@ -13,5 +13,5 @@ fi
 
 # torch/torchvision come from PyPI (the CUDA build; it runs on the CPU too).
 python3 -m pip install --quiet --upgrade pip
-python3 -m pip install --quiet -e ".[dev,ray]"
+python3 -m pip install --quiet -e ".[dev,ray,postgres]"
 python3 -c "import searchcomp, torch, torchvision; print('searchcomp installed; torch', torch.__version__)"

@@ -43,8 +43,6 @@ measure: {{runs: 30, warmup: 1}}
 search: {{trials: {trials}, seed_configs: [{{conv: separable}}, {{bits: 8}}], heartbeat_s: {hb}}}
 studies_dir: {studies}
 """
-#: configurations of REL_SPACE: 2 blocks x (2 conv x 3 bits)
-SPACE_SIZE = 36
 
 
 def _space_file(tmp_path: Path, steps: int = 2, trials: int = 8, hb: int = 2,
@@ -116,18 +114,18 @@ SLOW = ("--set", "finetune.steps=150")
 
 @pytest.mark.slow
 def test_resumed_random_search_counts_distinct_candidates_until_exhausted(tmp_path, capsys):
-    space = load_space(_space_file(tmp_path))
-    run_search(space, trials=12, sampler="random", quiet=True, log=_quiet)
-    # a resume seeds its sampler from the trial numbers: it does not replay trials 0..11
-    second = run_search(space, trials=24, sampler="random", quiet=True, log=_quiet)
+    space = load_space(_space_file(tmp_path), ["blocks.default.bits=[32, 8]"])  # 16 configs
+    run_search(space, trials=6, sampler="random", quiet=True, log=_quiet)
+    # a resume seeds its sampler from the trial numbers: it does not replay trials 0..5
+    second = run_search(space, trials=12, sampler="random", quiet=True, log=_quiet)
     study = open_study(space, load_only=True)
-    assert second.ran == 12
-    _assert_exact(study, 24)
-    assert len(study.get_trials()) == 24
+    assert second.ran == 6
+    _assert_exact(study, 12)
+    assert len(study.get_trials()) == 12
     # asking for more than the space holds stops when every configuration is done
-    last = run_search(space, trials=50, sampler="random", quiet=True, log=_quiet)
-    assert last.stopped == "exhausted" and last.done == SPACE_SIZE
-    _assert_exact(open_study(space, load_only=True), SPACE_SIZE)
+    last = run_search(space, trials=20, sampler="random", quiet=True, log=_quiet)
+    assert last.stopped == "exhausted" and last.done == 16
+    _assert_exact(open_study(space, load_only=True), 16)
     # the front's latency was measured again, quietly, and front shows both figures
     study = open_study(space, load_only=True)
     quiet = study.user_attrs["quiet_latency"]
@@ -187,56 +185,23 @@ def test_four_workers_on_one_journal_run_16_distinct_trials(tmp_path):
     _assert_shared_study(load_space(spec), storage, 16, errs)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def postgres_url(tmp_path_factory):
-    """A PostgreSQL server on a free localhost port, in a temporary data folder, stopped after.
-    PostgreSQL refuses to run as root: as root it runs as the 'postgres' user."""
-    import glob
-    import shutil
-    import tempfile
+def postgres_url():
+    """A PostgreSQL server on a free localhost port, in a temporary folder, stopped after."""
+    from .postgres_server import available, postgres_server
 
-    bins = [shutil.which("initdb")] + sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    initdb = next((b for b in bins if b), None)
-    if initdb is None or importlib.util.find_spec("psycopg2") is None:
-        pytest.skip("PostgreSQL or psycopg2 missing (.ci/run installs Debian's postgresql "
-                    "and pip install -e .[postgres])")
-    bindir = Path(initdb).resolve().parent
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="searchcomp-pg-"))
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    port = _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
-        "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-            "searchcomp")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/searchcomp"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    why = available()
+    if why:
+        pytest.skip(f"{why}; .ci/run installs both")
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.mark.slow
 def test_two_workers_on_a_real_postgresql_server(tmp_path, postgres_url):
-    spec = _space_file(tmp_path, trials=8)
+    spec = _space_file(tmp_path, trials=6)
     errs = _workers(spec, postgres_url, 2, tmp_path)
-    _assert_shared_study(load_space(spec), postgres_url, 8, errs)
+    _assert_shared_study(load_space(spec), postgres_url, 6, errs)
 
 
 def test_workers_finishing_last_wait_without_placeholders(tmp_path):
@@ -448,7 +413,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 @needs_ray
 @pytest.mark.slow
 def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(tmp_path):
-    spec = _space_file(tmp_path, trials=3, hb=1)
+    spec = _space_file(tmp_path, trials=2, hb=1)
     space = load_space(spec)
 
     def study():
@@ -469,7 +434,7 @@ def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(t
     assert proc.returncode == 0, err[-3000:]
     assert "the Ray worker running it died" in err
     s = study()
-    _assert_exact(s, 3)
+    _assert_exact(s, 2)
     died = [t for t in s.get_trials() if t.state == TrialState.FAIL]
     assert len(died) == 1 and "counted" not in died[0].user_attrs
     assert any(t.user_attrs.get("retry_of") == died[0].number for t in s.get_trials())
@@ -477,7 +442,7 @@ def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(t
     before = {t.number for t in s.get_trials()}
 
     # 2. kill -9 the driver with a trial running: the rerun without Ray fails it as stale
-    proc = subprocess.Popen([*ray_cmd, "--trials", "5"], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*ray_cmd, "--trials", "3"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
                             start_new_session=True)
     seen = _wait_for(study, lambda ts: any(t.state == TrialState.RUNNING
@@ -488,11 +453,11 @@ def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(t
     proc.wait(timeout=30)
     running = [t.number for t in study().get_trials() if t.state == TrialState.RUNNING]
     assert running
-    r = subprocess.run(_cli(spec, "--trials", "5"), capture_output=True, text=True,
+    r = subprocess.run(_cli(spec, "--trials", "3"), capture_output=True, text=True,
                        timeout=300, env=_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     s = study()
-    _assert_exact(s, 5)
+    _assert_exact(s, 3)
     for n in running:
         assert "no heartbeat since" in s.trials[n].user_attrs["fail_reason"]
     assert not [t for t in s.get_trials() if t.state == TrialState.PRUNED]  # no placeholder
