@@ -140,9 +140,6 @@ class Searcher:
         self.stopped: str | None = None
         self._outcome = "ran"
         self._heartbeat: Heartbeat | None = None
-        # the context (base, data) and the libraries live as long as the run: keep them out of
-        # the collection after each trial (a full one walks ~0.5 M objects otherwise)
-        gc.freeze()
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
@@ -299,6 +296,7 @@ class Searcher:
     def run_one(self, timeout: float | None = None) -> str:
         """Run one trial (the oldest queued one, else a sampled one); returns what
         :meth:`execute` returns, or ``"exhausted"``."""
+        fail_stale_trials(self.study, self.heartbeat_s, log=self.log)
         trial, why = self.claim()
         return self.execute(trial) if trial is not None else why
 
@@ -315,6 +313,10 @@ class Searcher:
         ran = attempts = 0
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting_for: set[int] = set()
+        # the context (base, data) and the libraries outlive the loop: keep them out of the
+        # collection after each trial (a full one walks ~0.5 M objects, 0.5 s, otherwise)
+        gc.collect()
+        gc.freeze()
         try:
             with Heartbeat(self.study._storage, self.heartbeat_s) as hb:
                 self._heartbeat = hb
@@ -353,6 +355,7 @@ class Searcher:
         finally:
             self._heartbeat = None
             self.close_progress()
+            gc.unfreeze()
         return ran
 
 
