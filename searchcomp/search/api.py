@@ -29,20 +29,37 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                sampler: str | None = None, seed: int | None = None, strategy: str = "search",
                threshold: float = 0.70, quiet: bool = False,
                log: Callable[[str], None] = print, backend: str = "local",
-               ray_options: dict[str, Any] | None = None) -> RunSummary:
+               ray_options: dict[str, Any] | None = None, device: str | None = None
+               ) -> RunSummary:
     """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
     are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead.
     ``backend="ray"`` runs the trials on Ray Tune (``ray_options``: address, concurrency,
-    cpus_per_trial, gpus_per_trial)."""
+    cpus_per_trial, gpus_per_trial). ``device`` overrides the space's ``device``.
+
+    The base is measured once per study: a later run or another worker on the same study
+    reads the stored figures instead of measuring again under other load."""
+    from searchcomp.compute import compute_for
+    from searchcomp.search.context import measure_device
+
+    compute_for(space, device), measure_device(space)  # a missing GPU: fail before anything
     n = trials or space.search.trials
     name = study_name or space.name
-    ctx = prepare(space, progress=not quiet, log=log, study_name=name)
-    b = ctx.base_metrics
-    log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
-        f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']})")
     study = open_study(space, storage=storage, study_name=name, sampler=sampler, seed=seed,
                        n_trials=n)
-    study.set_user_attr("base", b)
+    known = {"metrics": study.user_attrs.get("base"), "key": study.user_attrs.get("base_key")}
+    ctx = prepare(space, progress=not quiet, log=log, study_name=name, device=device,
+                  known_base=known)
+    if ctx.base_measured:
+        stored = study.user_attrs  # another worker of this study may have measured it first
+        if stored.get("base_key") == ctx.base_key and stored.get("base"):
+            ctx.base_metrics, ctx.base_measured = dict(stored["base"]), False
+    b = ctx.base_metrics
+    how = "" if ctx.base_measured else "; as measured earlier for this study"
+    log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
+        f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']}{how})")
+    if ctx.base_measured:
+        study.set_user_attr("base", b)
+        study.set_user_attr("base_key", ctx.base_key)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)
     study.set_user_attr("blocks", ctx.block_names)
@@ -68,14 +85,15 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
-                          space.search.seed if seed is None else seed)
+                          space.search.seed if seed is None else seed, device)
     else:
         ran = searcher.run(n, timeout)
     return RunSummary(name, url, ran, len(done_trials(study)))
 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
-                opts: dict[str, Any], log: Callable[[str], None], seed: int) -> int:
+                opts: dict[str, Any], log: Callable[[str], None], seed: int,
+                device: str | None) -> int:
     from pathlib import Path
 
     from searchcomp.search.ray_backend import WorkerSpec, run_ray
@@ -86,7 +104,8 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
     if space.data.root:
         extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
     cpus = float(opts.get("cpus_per_trial") or 1)
-    spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)))
+    spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)),
+                      device)
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,

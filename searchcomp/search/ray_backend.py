@@ -38,25 +38,44 @@ class WorkerSpec:
     study_name: str
     seed: int
     threads: int
+    #: ``--device`` of the run, if given (overrides the space's ``device``)
+    device: str | None = None
 
 
-_CONTEXTS: dict[WorkerSpec, TrialContext] = {}
+_CONTEXTS: dict[tuple[WorkerSpec, str | None], TrialContext] = {}
 
 
-def _context(spec: WorkerSpec) -> TrialContext:
-    """The trial context, built once per worker process (the base comes from the cache)."""
-    if spec not in _CONTEXTS:
+def worker_device(spec: WorkerSpec, gpu_ids: list) -> str | None:
+    """The device of a Ray trial: the GPU Ray gave it (Ray makes it the only visible one,
+    ``cuda``), else the CPU when the run asked for CUDA or ``auto``, else as configured."""
+    if gpu_ids:
+        return "cuda"
+    if spec.device is None or spec.device == "auto" or spec.device.startswith("cuda"):
+        return "cpu"
+    return spec.device
+
+
+def _context(spec: WorkerSpec, device: str | None,
+             known_base: dict[str, Any] | None) -> TrialContext:
+    """The trial context, built once per worker process and reused by every trial Ray runs
+    in it (actors are reused): data, base, teacher logits; the base's figures come from the
+    driver instead of being measured again."""
+    key = (spec, device)
+    if key not in _CONTEXTS:
         from searchcomp.config import load_space
         from searchcomp.search.trial import prepare
 
         space = load_space(spec.space_file, list(spec.overrides), quick=spec.quick)
-        _CONTEXTS[spec] = prepare(space, progress=False, log=lambda m: None,
-                                  study_name=spec.study_name)
-    return _CONTEXTS[spec]
+        _CONTEXTS[key] = prepare(space, progress=False, log=lambda m: None,
+                                 study_name=spec.study_name, device=device,
+                                 known_base=known_base)
+    return _CONTEXTS[key]
 
 
-def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
+def ray_trial(config: dict[str, Any], spec: WorkerSpec,
+              known_base: dict[str, Any] | None = None) -> None:
     """The Ray trainable: rebuild the recipe from Ray's config, run the trial, report."""
+    import ray
     import torch
     from ray import tune
 
@@ -71,7 +90,9 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
                            "started_at": time.time()}
     t0 = time.perf_counter()
     try:
-        ctx = _context(spec)
+        device = worker_device(spec, ray.get_gpu_ids())
+        ctx = _context(spec, device, known_base)
+        out["device"] = str(ctx.compute.device)
         out["summary"] = recipe.summary(ctx.block_names)
         outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
         out.update(outcome.to_attrs())
@@ -150,6 +171,10 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
     todo = n_trials - len(done_trials(study))
     if todo <= 0:
         return 0
+    wanted = spec.device or ctx.space.device
+    if wanted.startswith("cuda") and gpus_per_trial <= 0:
+        raise SearchcompError(f"device {wanted} with --backend ray: give each trial a GPU "
+                              "with --gpus-per-trial (e.g. 1, or 0.5 to share one)")
     if not ray.is_initialized():
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
                                                            os.environ.get("PYTHONPATH")]))}
@@ -163,8 +188,10 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         except Exception as e:  # no cluster at that address, port clash, ...
             raise SearchcompError(f"--address: cannot start or join Ray: {e}") from None
     res = ray.cluster_resources()
+    idle_gpus = res.get("GPU") and not gpus_per_trial
     log(f"ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; up to {concurrency} "
-        f"trials at once, {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU each")
+        f"trials at once, {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU each"
+        + ("; trials train on the CPU (--gpus-per-trial gives them GPUs)" if idle_gpus else ""))
     ran = [0]
 
     def on_row(row: dict) -> None:
@@ -172,14 +199,17 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         log(format_line(row))
 
     searcher = _make_searcher(ctx, study, on_row)
-    trainable = tune.with_resources(tune.with_parameters(ray_trial, spec=spec),
-                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial, spec=spec, known_base=ctx.known_base),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
                                     max_concurrent_trials=concurrency,
-                                    time_budget_s=timeout_s),
+                                    time_budget_s=timeout_s,
+                                    # one process per slot, its context prepared once
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)))
     import warnings
