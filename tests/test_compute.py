@@ -181,12 +181,14 @@ def test_a_whole_trial_runs_on_the_configured_device(tiny_space_file, device, mo
     monkeypatch.setattr(trial_mod, "finetune", audited_finetune)
     names = ctx.block_names
     recipe = Recipe({names[0]: {"conv": "separable", "prune": 0.5, "bits": 8},
-                     names[1]: {"conv": "meta:4"}}, "meta:2")
+                     names[1]: {"conv": "meta:4"}, names[2]: {"conv": "conv3d:8", "bits": 4}},
+                    "meta:2")
     out = run_trial(ctx, recipe, seed=1, trial_id="dev")
     assert not off, off[:5]
     assert batches and set(batches) == {dev}
     assert out.finetune_steps == 3 and 0.0 <= out.metrics["accuracy"] <= 1.0
-    assert set(out.phase_seconds) == {"build", "finetune", "evaluate", "measure", "save"}
+    assert set(out.phase_seconds) == {"build", "build.prune", "build.replace", "build.quantize",
+                                      "finetune", "evaluate", "measure", "save"}
     assert all(s >= 0 for s in out.phase_seconds.values())
     saved = torch.load(out.weights, weights_only=True)
     assert all(t.device.type == "cpu" for t in saved.values())

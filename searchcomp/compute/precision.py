@@ -86,14 +86,14 @@ class Compute:
         """``model`` on the device, in the training memory layout (in place; returned)."""
         model.to(self.device)
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            _set_layout(model, torch.channels_last)
         return model
 
     def plain_layout(self, model: nn.Module) -> nn.Module:
         """``model`` back in the default (NCHW) layout after training, so what is measured,
         saved and exported does not depend on how it was trained (in place; returned)."""
         if self.channels_last:
-            model.to(memory_format=torch.contiguous_format)
+            _set_layout(model, torch.contiguous_format)
         return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +109,16 @@ class Compute:
             train += " + gradient scaler"
         layout = ", channels_last" if self.channels_last else ""
         return f"{device_name(self.device)}, {train}{layout}; evaluation in {self.eval_precision}"
+
+
+def _set_layout(model: nn.Module, layout: torch.memory_format) -> None:
+    """Every 4-D parameter and buffer in ``layout``; other ranks (e.g. a compact 5-D kernel,
+    which ``Module.to(memory_format=...)`` refuses) stay as they are."""
+    with torch.no_grad():
+        for m in model.modules():
+            for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+                if t is not None and t.dim() == 4 and not t.is_contiguous(memory_format=layout):
+                    t.data = t.data.contiguous(memory_format=layout)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -39,7 +39,8 @@ class TrialOutcome:
     weights: str
     #: each configured constraint's violation; <= 0 means satisfied (Optuna's convention)
     constraints: dict[str, float] = field(default_factory=dict)
-    #: wall seconds of each phase: build, finetune, evaluate, measure, save
+    #: wall seconds of each phase: build (and its parts build.prune, build.replace with the
+    #: inits and local fits, build.quantize), finetune, evaluate, measure, save
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -96,6 +97,7 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to)
     model = built.model
     lap("build")
+    seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     train = ctx.splits.train.reseeded(seed)  # each trial its own, reproducible, shuffling
     ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step,
                   compute=ctx.compute, teacher_logits=ctx.teacher_logits)
