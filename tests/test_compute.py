@@ -308,3 +308,16 @@ def test_base_is_measured_once_per_study(tiny_space_file):
     logs.clear()
     run_search(other, trials=3, quiet=True, log=logs.append)
     assert not any("as measured earlier" in m for m in logs)
+
+
+def test_ray_trials_train_on_the_gpu_ray_gave_them():
+    from searchcomp.search.ray_backend import WorkerSpec, worker_device
+
+    def spec(device: str) -> WorkerSpec:
+        return WorkerSpec("s.yaml", (), False, "s", 0, 1, device)
+
+    assert worker_device(spec("auto"), [3]) == "cuda"  # Ray makes its GPU the only visible
+    assert worker_device(spec("cuda:1"), ["1"]) == "cuda"
+    assert worker_device(spec("auto"), []) == "cpu"
+    assert worker_device(spec("mps"), []) == "mps"
+    assert worker_device(spec("cpu"), [0]) == "cpu"  # what the run names wins

@@ -105,7 +105,7 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
         extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
     cpus = float(opts.get("cpus_per_trial") or 1)
     spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)),
-                      device)
+                      device or space.device)
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,

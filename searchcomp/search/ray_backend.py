@@ -38,24 +38,23 @@ class WorkerSpec:
     study_name: str
     seed: int
     threads: int
-    #: ``--device`` of the run, if given (overrides the space's ``device``)
-    device: str | None = None
+    #: the run's device (``--device``, else the space's ``device``)
+    device: str = "auto"
 
 
-_CONTEXTS: dict[tuple[WorkerSpec, str | None], TrialContext] = {}
+_CONTEXTS: dict[tuple[WorkerSpec, str], TrialContext] = {}
 
 
-def worker_device(spec: WorkerSpec, gpu_ids: list) -> str | None:
-    """The device of a Ray trial: the GPU Ray gave it (Ray makes it the only visible one,
-    ``cuda``), else the CPU when the run asked for CUDA or ``auto``, else as configured."""
-    if gpu_ids:
-        return "cuda"
-    if spec.device is None or spec.device == "auto" or spec.device.startswith("cuda"):
-        return "cpu"
-    return spec.device
+def worker_device(spec: WorkerSpec, gpu_ids: list) -> str:
+    """The device of a Ray trial: ``cpu`` or ``mps`` when the run names them; else (``auto``,
+    ``cuda``, ``cuda:N``) the GPU Ray gave the trial (Ray makes it the only visible one:
+    ``cuda``), or the CPU when it gave none."""
+    if spec.device in ("cpu", "mps"):
+        return spec.device
+    return "cuda" if gpu_ids else "cpu"
 
 
-def _context(spec: WorkerSpec, device: str | None,
+def _context(spec: WorkerSpec, device: str,
              known_base: dict[str, Any] | None) -> TrialContext:
     """The trial context, built once per worker process and reused by every trial Ray runs
     in it (actors are reused): data, base, teacher logits; the base's figures come from the
@@ -171,9 +170,8 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
     todo = n_trials - len(done_trials(study))
     if todo <= 0:
         return 0
-    wanted = spec.device or ctx.space.device
-    if wanted.startswith("cuda") and gpus_per_trial <= 0:
-        raise SearchcompError(f"device {wanted} with --backend ray: give each trial a GPU "
+    if spec.device.startswith("cuda") and gpus_per_trial <= 0:
+        raise SearchcompError(f"device {spec.device} with --backend ray: give each trial a GPU "
                               "with --gpus-per-trial (e.g. 1, or 0.5 to share one)")
     if not ray.is_initialized():
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
