@@ -44,10 +44,6 @@ def resolve_compute(device: str = "auto", precision: str = "auto",
         eval_precision = precision
     if channels_last == "auto":
         channels_last = precision != "fp32" and dev.type in ("cpu", "cuda")
-    if dev.type == "cuda":
-        import torch
-
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
     return Compute(dev, precision, eval_precision, bool(channels_last), tuple(notes))
 
 
