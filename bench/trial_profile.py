@@ -113,7 +113,7 @@ def _bare_loop(model, batches, steps: int, compute: Compute) -> float:
             seen += len(y)
             if done >= steps:
                 break
-    float(loss)  # wait for the device
+    float(loss.detach())  # wait for the device
     return seen / (time.perf_counter() - t0)
 
 

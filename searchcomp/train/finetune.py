@@ -72,6 +72,9 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
     n = total_steps(cfg, train)
     check_step = max(1, int(n * cfg.check_at)) if cfg.min_accuracy is not None else -1
     use_teacher = cfg.loss == "distill" and (teacher is not None or teacher_logits is not None)
+    if teacher_logits is not None and len(teacher_logits) != train.size:
+        raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for the "
+                         f"{train.size} fine-tune images: they must be computed on them")
     if use_teacher and teacher_logits is None:
         teacher.eval()
     compute.train_layout(model)
