@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,8 @@ class Built:
     #: sizes of every layer pruning changed (see :func:`layer_sizes`): with the recipe, all
     #: :func:`rebuild` needs to give the candidate's architecture without the base's weights
     resized: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: wall seconds of each phase: prune, replace (with the inits and local fits), quantize
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
@@ -124,6 +127,8 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
     for p in model.parameters():
         p.requires_grad_(True)
 
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     ratios = {b: float(recipe.choice(b, "prune")) for b in by_name if recipe.choice(b, "prune")}
     pruned: dict[str, dict[str, tuple[int, int]]] = {}
     init_errors: dict[str, float] = {}
@@ -139,6 +144,7 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
                               grad_batches=grad_batches, round_to=round_to)
         resized = {n: s for n, s in layer_sizes(model).items() if sizes.get(n) != s}
         init_errors.update(_block_errors(model, before, "prune"))
+    seconds["prune"], clock = time.perf_counter() - clock, time.perf_counter()
 
     targets = _targets(recipe, blocks, head_name)
     if targets:
@@ -155,6 +161,7 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
             set_submodule(model, layer_name, applied.module)
             if init:
                 init_errors[layer_name] = float(applied.init_error)
+    seconds["replace"], clock = time.perf_counter() - clock, time.perf_counter()
 
     quantized = [b for b in by_name if int(recipe.choice(b, "bits")) != FLOAT_BITS]
     if quantized:
@@ -162,7 +169,8 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
         for b in quantized:
             quantize_module(model.get_submodule(b), int(recipe.choice(b, "bits")))
         init_errors.update(_block_errors(model, before, "bits"))
-    return Built(model.eval(), init_errors, pruned, resized)
+    seconds["quantize"] = time.perf_counter() - clock
+    return Built(model.eval(), init_errors, pruned, resized, seconds)
 
 
 def _targets(recipe: Recipe, blocks: list[Block], head_name: str

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: trials in this process (default); ray: Ray Tune workers")
     p.add_argument("--address", help="ray: join this cluster (default: start Ray locally)")
     p.add_argument("--concurrency", type=int, default=2, help="ray: trials at once (default 2)")
+    _add_device(p)
     p.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="ray: GPUs per trial")
 
@@ -76,12 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=0, metavar="E",
                    help="fine-tune E more epochs before exporting (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page: front plots, choices, table")
     _add_space(p)
     _add_study(p)
     p.add_argument("--out", metavar="FILE", help="default: studies/<study>/report.html")
     return parser
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="DEV",
+                   help="where training and evaluation run: auto, cpu, cuda, cuda:N or mps "
+                        "(default: the space's device, itself auto by default)")
 
 
 def _add_study(p: argparse.ArgumentParser) -> None:
@@ -129,7 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              ray_options={"address": args.address,
                                           "concurrency": args.concurrency,
                                           "cpus_per_trial": args.cpus_per_trial,
-                                          "gpus_per_trial": args.gpus_per_trial})
+                                          "gpus_per_trial": args.gpus_per_trial},
+                             device=args.device)
     except KeyboardInterrupt:
         _stderr("interrupted: finished trials are kept; run the same command to continue")
         return 130
@@ -183,7 +192,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     space = _load(args)
     export_trial(space, args.trial, Path(args.out), args.format, args.finetune_epochs,
-                 args.storage, args.study, log=_stderr, progress=not args.quiet)
+                 args.storage, args.study, log=_stderr, progress=not args.quiet,
+                 device=args.device)
     print(Path(args.out) / "card.md")
     return 0
 

@@ -72,12 +72,15 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
     model, blocks, head_name = arch.model, arch.blocks, arch.head_name
 
     from searchcomp.measure import measure
+    from searchcomp.search.context import measure_device
 
+    device = measure_device(space)
     if progress:
         progress(f"measuring the base model ({space.measure.runs} timed runs)...")
     mm = space.measure
     met = measure(model, input_shape(space.model), batch_size=mm.batch_size,
-                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
+                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
+                  device=device)
     base = {"params": met.params, "size_mib": met.size_mib, "flops": met.flops,
             "latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime}
     return Overview(space, blocks, head_name, space.blocks.head,

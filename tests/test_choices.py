@@ -310,6 +310,25 @@ def test_channel_conv3d_geometry() -> None:
     assert new(x).shape == conv(x).shape
 
 
+def test_channel_conv3d_trains_through_the_equivalent_banded_conv2d() -> None:
+    """With gradients on, the layer runs as a 2-D conv with the banded kernel (fast); the
+    outputs and weight gradients are those of the Conv3d it computes under no_grad."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, stride=2, padding=2, dilation=2, bias=True)
+    new = ChannelConv3d.from_conv(conv, 4)
+    assert torch.equal(new.banded_weight().detach(), _banded(new.conv.weight.detach(), 16))
+    x = torch.randn(2, 16, 11, 9)
+    with torch.no_grad():
+        ref = new(x)
+    out = new(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad((out * ref).sum(), [new.conv.weight, new.conv.bias])
+    out3 = new.conv(x.unsqueeze(1)).flatten(1, 2)
+    want = torch.autograd.grad((out3 * ref).sum(), [new.conv.weight, new.conv.bias])
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
 def test_fit_local_lowers_conv3d_error() -> None:
     torch.manual_seed(0)
     conv = BasicBlock(16, 16).conv2

@@ -44,5 +44,7 @@ def test_ray_backend_two_concurrent_trials(tmp_path):
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:]
                    if b[0] < a[1] and a[2] != b[2]]
     assert overlapping, spans
+    # Ray reuses its worker processes (and the context each prepared) from trial to trial
+    assert len({t.user_attrs["worker"] for t in done}) <= 2, spans
     res = load_results(space)
     assert {r["trial"] for r in res.rows} == {t.number for t in done}

@@ -20,6 +20,9 @@ FIT_SEED = 0
 INPUT_SEED = 1234
 #: chunk size for evaluation passes, to bound memory on large calibration sets
 _EVAL_BATCH = 64
+#: steps of a local fit between checks of its full error (and at its last step); the best
+#: state checked is kept
+CHECK_EVERY = 10
 
 
 @contextmanager
@@ -72,8 +75,9 @@ def fit_local(new: nn.Module, old: nn.Module, inputs: Tensor, steps: int = 60,
 
     Only ``new``'s parameters move; ``old`` is read, never changed. Both run in eval mode so a
     BatchNorm inside ``new`` acts as the fixed affine map it will be at inference (its
-    affine parameters are still fitted). The best state seen, starting with the initial
-    one, is kept, so a fit can never make the replacement worse than its init. Seeded and
+    affine parameters are still fitted). The best state checked (every
+    :data:`CHECK_EVERY` steps and at the end), starting with the initial one, is kept, so a
+    fit can never make the replacement worse than its init. Seeded and
     isolated from the caller's RNG, so results are reproducible.
     """
     params = [p for p in new.parameters() if p.requires_grad]
@@ -110,14 +114,16 @@ def fit_local(new: nn.Module, old: nn.Module, inputs: Tensor, steps: int = 60,
                     loss.backward()
                     opt.step()
                     step += 1
+                    # the full error costs a pass over every input: check it now and then
+                    if step % CHECK_EVERY == 0 or step >= steps:
+                        with torch.no_grad():
+                            err = current_error()
+                        if err < best_err:
+                            best_err = err
+                            best_state = {k: v.detach().clone()
+                                          for k, v in new.state_dict().items()}
                     if step >= steps:
                         break
-                # one check per pass over the inputs (every step when they fit one batch)
-                with torch.no_grad():
-                    err = current_error()
-                if err < best_err:
-                    best_err = err
-                    best_state = {k: v.detach().clone() for k, v in new.state_dict().items()}
         for p in params:
             p.grad = None
         new.load_state_dict(best_state)

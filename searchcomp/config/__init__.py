@@ -5,6 +5,7 @@ that need the model (a glob that matches no block, a choice a layer cannot take)
 the model is built, and point at the same file and line.
 """
 
+from searchcomp.config.devices import DEVICES, PRECISIONS, check_device
 from searchcomp.config.loader import load_space, parse_override
 from searchcomp.config.schema import (
     CHOICES,
@@ -28,7 +29,8 @@ from searchcomp.config.schema import (
     split_value,
 )
 
-__all__ = ["CHOICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "SAMPLERS", "SUPPORTED_BITS",
+__all__ = ["CHOICES", "DEVICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "PRECISIONS",
+           "SAMPLERS", "SUPPORTED_BITS",
            "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
            "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "SearchConfig",
-           "Space", "load_space", "parse_override", "split_value"]
+           "Space", "check_device", "load_space", "parse_override", "split_value"]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from searchcomp.config.devices import Device, TargetDevice
 from searchcomp.config.fields import line_of, split_field
 from searchcomp.errors import SearchcompError, SpaceError
 
@@ -251,6 +252,16 @@ class MeasureConfig(_Strict):
     runs: int = Field(30, ge=30)
     warmup: int = Field(5, ge=1)
     runtime: Literal["torch", "onnxruntime"] = "torch"
+    #: the deployment target latency is timed on (independent of where training runs);
+    #: ``cuda`` is timed with CUDA events after synchronising
+    device: TargetDevice = "cpu"
+
+    @model_validator(mode="after")
+    def _runtime_device(self) -> MeasureConfig:
+        if self.device != "cpu" and self.runtime != "torch":
+            raise ValueError(f"runtime {self.runtime} is timed on the CPU here; "
+                             f"device {self.device} needs runtime: torch")
+        return self
 
 
 class SearchConfig(_Strict):
@@ -303,6 +314,15 @@ class Space(_Strict):
     constraints: ConstraintsConfig = ConstraintsConfig()
     measure: MeasureConfig = MeasureConfig()
     search: SearchConfig = SearchConfig()
+    #: where base training, fine-tunes, local fits, pruning and evaluation run
+    device: Device = "auto"
+    #: arithmetic of base training and fine-tunes (autocast): auto | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: arithmetic of the validation accuracy the search scores (fp32 keeps it comparable
+    #: across runs and machines); ``train`` = the training precision
+    eval_precision: Literal["fp32", "train"] = "fp32"
+    #: NHWC memory layout while training: auto (on with bf16/fp16 on a CPU or GPU) | true | false
+    channels_last: Literal["auto", True, False] = "auto"
     #: overrides (``dotted.key: value``) that ``--quick`` applies
     quick: dict[str, Any] = Field(default_factory=dict)
     #: where studies and cached base models are written

@@ -16,6 +16,9 @@ from searchcomp.config import DataConfig, ModelConfig
 from searchcomp.data.readers import load_pools
 from searchcomp.errors import DataError
 
+#: subsets up to this many bytes are kept on the compute device whole
+RESIDENT_BYTES = 2**30
+
 
 @dataclass
 class Splits:
@@ -26,20 +29,31 @@ class Splits:
     test: Batches
     num_classes: int
 
+    def on(self, device: torch.device | str) -> Splits:
+        """The same subsets, yielding batches on ``device``."""
+        return Splits(self.train.on(device), self.val.on(device), self.test.on(device),
+                      self.num_classes)
+
 
 class Batches:
     """Mini-batches of an in-memory uint8 subset, normalised per channel on the fly.
 
-    Iterating yields ``(x float32, y int64)``; with ``shuffle`` the order is drawn from
-    ``seed`` and the epoch number, so runs are reproducible.
+    Iterating yields ``(x float32, y int64)`` on :attr:`device`; with ``shuffle`` the order is
+    drawn from ``seed`` and the epoch number, so runs are reproducible (and the same on every
+    device: the order is drawn on the CPU). :meth:`indexed` also yields each image's index in
+    the subset, for per-image data such as cached teacher logits.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, mean: torch.Tensor,
-                 std: torch.Tensor, shuffle: bool = False, seed: int = 0) -> None:
-        self.x, self.y = x, y
+                 std: torch.Tensor, shuffle: bool = False, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        # small subsets live on the device (no copy per step); large ones move batch by batch
+        home = self.device if x.numel() <= RESIDENT_BYTES else torch.device("cpu")
+        self.x, self.y = x.to(home), y.to(home)
         self.batch_size = batch_size
-        self.mean = mean.view(1, -1, 1, 1)
-        self.std = std.view(1, -1, 1, 1)
+        self.mean = mean.view(1, -1, 1, 1).to(self.device)
+        self.std = std.view(1, -1, 1, 1).to(self.device)
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -50,7 +64,19 @@ class Batches:
     def reseeded(self, seed: int) -> Batches:
         """The same images with their own shuffling seed (for one trial's fine-tune)."""
         return Batches(self.x, self.y, self.batch_size, self.mean.flatten(), self.std.flatten(),
-                       shuffle=self.shuffle, seed=seed)
+                       shuffle=self.shuffle, seed=seed, device=self.device)
+
+    def ordered(self) -> Batches:
+        """The same images in their stored order, without shuffling."""
+        return Batches(self.x, self.y, self.batch_size, self.mean.flatten(), self.std.flatten(),
+                       shuffle=False, device=self.device)
+
+    def on(self, device: torch.device | str) -> Batches:
+        """The same images and order, yielded on ``device``."""
+        out = Batches(self.x, self.y, self.batch_size, self.mean.flatten(), self.std.flatten(),
+                      shuffle=self.shuffle, seed=self.seed, device=device)
+        out.epoch = self.epoch
+        return out
 
     @property
     def size(self) -> int:
@@ -61,7 +87,9 @@ class Batches:
         """uint8 images -> float32 normalised with the training subset's statistics."""
         return (x.float() / 255.0 - self.mean) / self.std
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(index, x, y)`` batches: ``index`` (int64, CPU) holds each image's position in
+        the subset. Advances the epoch like iterating does."""
         n = len(self.y)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -71,7 +99,13 @@ class Batches:
             order = torch.arange(n)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
-            yield self.normalize(self.x[idx]), self.y[idx]
+            at = idx.to(self.x.device)
+            x = self.x[at].to(self.device, non_blocking=True)
+            yield idx, self.normalize(x), self.y[at].to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, x, y in self.indexed():
+            yield x, y
 
 
 def load_splits(data: DataConfig, model: ModelConfig) -> Splits:

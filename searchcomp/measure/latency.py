@@ -71,8 +71,10 @@ def _check(batch_size: int, warmup: int, threads: int, runtime: str) -> None:
 
 def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
                  threads: int | None = None, runs: int = MIN_RUNS, warmup: int = 5,
-                 runtime: Runtime = "torch", deployed: nn.Module | None = None) -> Latency:
-    """Median wall-clock latency of ``model`` as deployed, on the CPU, at ``threads`` threads.
+                 runtime: Runtime = "torch", deployed: nn.Module | None = None,
+                 device: torch.device | str = "cpu") -> Latency:
+    """Median wall-clock latency of ``model`` as deployed, on ``device`` (the deployment
+    target, default the CPU at ``threads`` threads; wherever the model was trained).
 
     ``"torch"``: the materialized model (fake quantization folded into float weights; pruned
     channels are already gone) in eval mode under ``inference_mode``. ``"onnxruntime"``: the
@@ -80,9 +82,11 @@ def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: 
     CPUExecutionProvider. ``input_shape`` excludes the batch dimension. Fewer than 30 runs
     make the median too noisy to compare candidates, so ``runs`` is raised to at least 30.
     ``threads`` defaults to ``torch.get_num_threads()``; torch's count is restored after.
-    ``deployed``: ``materialize(model)``, if the caller already has it.
+    ``deployed``: ``materialize(model)``, if the caller already has it (it is moved to
+    ``device``). On a CUDA device each run is timed with CUDA events after synchronising.
     """
     runs = max(int(runs), MIN_RUNS)
+    device = torch.device(device)
     threads = int(threads) if threads is not None else torch.get_num_threads()
     _check(batch_size, warmup, threads, runtime)
     gen = torch.Generator().manual_seed(0)
@@ -94,13 +98,54 @@ def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: 
             from searchcomp.choices.quant import materialize
 
             deployed = materialize(model)
-        m = deployed.cpu().eval()
+        m = deployed.to(device).eval()
         dtype = _float_dtype(m)
-        x = x.to(dtype)
+        x = x.to(device, dtype)
         with torch_threads(threads), torch.inference_mode():
-            times = time_runs(lambda: m(x), runs, warmup)
-        name = torch_label("eager", threads, dtype)
+            if device.type == "cuda":
+                times = _cuda_times(lambda: m(x), device, runs, warmup)
+            elif device.type == "cpu":
+                times = time_runs(lambda: m(x), runs, warmup)
+            else:  # kernels are queued: wait for each run to finish
+                times = _synced_times(lambda: m(x), device, runs, warmup)
+        name = torch_label("eager", threads, dtype, device=_device_label(device))
     return Latency(statistics.median(times), name, runs, batch_size, threads, _p90(times))
+
+
+def _cuda_times(fn: Callable[[], object], device: torch.device, runs: int,
+                warmup: int) -> list[float]:
+    """Milliseconds of each run between two CUDA events, the queue drained before each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _synced_times(fn: Callable[[], object], device: torch.device, runs: int,
+                  warmup: int) -> list[float]:
+    from searchcomp.compute import synchronize
+
+    def run() -> None:
+        fn()
+        synchronize(device)
+
+    synchronize(device)
+    return time_runs(run, runs, warmup)
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _onnxruntime_times(model: nn.Module, x: torch.Tensor, threads: int, runs: int,

@@ -1,7 +1,7 @@
 """The network: built from the space (torchvision or a user factory), its searchable blocks,
 and the trained base every candidate starts from."""
 
-from searchcomp.models.base import Base, cache_path, obtain_base
+from searchcomp.models.base import Base, cache_path, obtain_base, state_digest
 from searchcomp.models.blocks import Block, find_blocks, find_head, space_size, spatial_convs
 from searchcomp.models.checks import Architecture, check_inputs
 from searchcomp.models.factory import (
@@ -16,4 +16,4 @@ from searchcomp.models.factory import (
 __all__ = ["Architecture", "Base", "Block", "build_model", "cache_path", "check_forward",
            "check_inputs", "find_blocks",
            "find_head", "input_shape", "last_linear", "load_checkpoint", "obtain_base",
-           "set_submodule", "space_size", "spatial_convs"]
+           "set_submodule", "space_size", "spatial_convs", "state_digest"]

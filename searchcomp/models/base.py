@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from searchcomp.compute import Compute
 from searchcomp.config import Space
 from searchcomp.data import Splits
 from searchcomp.models.factory import build_model, load_checkpoint
-from searchcomp.train import evaluate, train_base
+from searchcomp.train import DEFAULT_COMPUTE, evaluate, train_base
 
 CACHE_FORMAT = 1
 
@@ -71,34 +72,40 @@ def cache_path(space: Space) -> Path:
 
 
 def obtain_base(space: Space, splits: Splits, progress: bool = True,
-                log=print) -> Base:
-    """Load or train the base network of ``space``, reusing the cache when it matches."""
+                log=print, compute: Compute | None = None) -> Base:
+    """Load or train the base network of ``space`` on ``compute`` (its device and training
+    precision), reusing the cache when it matches. The model is returned on that device.
+
+    The cache key leaves out the device and the precision: a base trained on a GPU in bf16
+    serves a CPU run of the same space, and the other way round."""
+    compute = compute or DEFAULT_COMPUTE
     with torch.random.fork_rng():
         torch.manual_seed(space.data.seed)
-        return _obtain(space, splits, progress, log)
+        return _obtain(space, splits, progress, log, compute)
 
 
-def _obtain(space: Space, splits: Splits, progress: bool, log) -> Base:
+def _obtain(space: Space, splits: Splits, progress: bool, log, compute: Compute) -> Base:
     src = space.base
+    dev = compute.device
     if src.source == "checkpoint":
         model = build_model(space.model)
         load_checkpoint(model, src.path)
-        model.eval()
-        acc = evaluate(model, splits.val)
+        model.to(dev).eval()
+        acc = evaluate(model, splits.val, compute)
         log(f"base: loaded {src.path}, validation accuracy {acc:.4f}")
         return Base(model, "checkpoint", acc, Path(src.path))
 
     path = cache_path(space)
     if src.source == "pretrained" and src.epochs == 0:
-        model = build_model(space.model, pretrained=True).eval()
-        acc = evaluate(model, splits.val)
+        model = build_model(space.model, pretrained=True).to(dev).eval()
+        acc = evaluate(model, splits.val, compute)
         log(f"base: torchvision pretrained {space.model.arch}, validation accuracy {acc:.4f}")
         return Base(model, "pretrained", acc, None)
 
     if path.is_file() and path.with_suffix(".json").is_file():
         model = build_model(space.model)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
+        model.to(dev).eval()
         meta = json.loads(path.with_suffix(".json").read_text())
         log(f"base: reusing cached {path} (validation accuracy {meta['val_accuracy']:.4f})")
         return Base(model, src.source, float(meta["val_accuracy"]), path, cached=True)
@@ -108,20 +115,34 @@ def _obtain(space: Space, splits: Splits, progress: bool, log) -> Base:
         f"{splits.train.size} {space.data.dataset} images (cached afterwards in {path})")
     t0 = time.perf_counter()
     train_base(model, splits.train, src.epochs, src.lr, src.momentum, src.weight_decay,
-               progress=progress)
+               progress=progress, compute=compute)
     seconds = time.perf_counter() - t0
-    acc = evaluate(model, splits.val)
+    acc = evaluate(model, splits.val, compute)
     log(f"base: validation accuracy {acc:.4f} after {seconds:.0f} s")
     _save_atomic(model, path, {"val_accuracy": acc, "train_seconds": seconds,
+                               "trained_on": compute.describe(),
                                "key": cache_key(space), "space": space.file,
                                "model": space.model.model_dump(), "data": space.data.model_dump(),
                                "base": space.base.model_dump()})
     return Base(model, src.source, acc, path)
 
 
+def state_digest(model: nn.Module) -> str:
+    """A short hash of ``model``'s state (names, shapes, dtypes, values): tells whether two
+    runs start from the same base, e.g. to reuse its measurement or its teacher logits."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
+                     else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
     os.replace(tmp, path)

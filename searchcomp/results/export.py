@@ -40,13 +40,14 @@ MATCH_ATOL = 1e-3
 def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str = "state_dict",
                  finetune_epochs: float = 0, storage: str | None = None,
                  study_name: str | None = None, log: Callable[[str], None] = print,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, device: str | None = None) -> dict[str, Any]:
     """Export trial number ``trial`` of the study of ``space`` into the new folder ``out``.
 
     Everything is written into a temporary folder next to ``out`` and renamed at the end,
     so ``out`` either holds a complete export or does not exist. Returns the model card.
     Raises :class:`SearchcompError` for an unknown format, an ``out`` that exists, an
-    unknown trial or one that did not complete.
+    unknown trial or one that did not complete. Fine-tuning runs on ``device`` (default: the
+    space's); the artifact is written, checked and measured from the CPU.
     """
     if fmt not in FORMATS:
         raise SearchcompError(f"--format: unknown format {fmt!r}; use one of "
@@ -69,7 +70,7 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     except OSError as e:
         raise SearchcompError(f"--out: cannot write next to {out}: {e}") from None
     try:
-        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress)
+        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress, device)
         if out.exists():
             raise SearchcompError(f"{out} appeared while exporting; nothing was written there")
         os.rename(tmp, out)
@@ -113,10 +114,10 @@ def _completed_trial(study, number: int, name: str):
 
 
 def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: str,
-            log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+            log: Callable[[str], None], progress: bool, device: str | None) -> dict[str, Any]:
     from searchcomp.search.trial import prepare
 
-    ctx = prepare(space, progress=progress, log=log, study_name=study)
+    ctx = prepare(space, progress=progress, log=log, study_name=study, device=device)
     a, number = frozen.user_attrs, frozen.number
     recipe = Recipe.from_dict(a["recipe"])
     seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
@@ -132,7 +133,8 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
         log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "
             f"fine-tuning it again as the search did (seed {seed})")
         finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val,
-                 space.finetune.model_copy(update={"min_accuracy": None}))
+                 space.finetune.model_copy(update={"min_accuracy": None}),
+                 compute=ctx.compute, teacher_logits=ctx.teacher_logits)
         source = f"missing ({a.get('weights')}): re-fine-tuned with seed {seed}"
     else:
         try:
@@ -145,8 +147,13 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
         log(f"trial {number}: fine-tuning {epochs:g} more epoch(s) before export")
         cfg = space.finetune.model_copy(update={"epochs": float(epochs), "steps": None,
                                                 "min_accuracy": None})
-        finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val, cfg)
-    model.eval()
+        finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val, cfg,
+                 compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+    # the artifacts are written, loaded back and measured on the CPU
+    cpu = torch.device("cpu")
+    model.to(cpu).eval()
+    ctx.base.to(cpu)
+    ctx.splits = ctx.splits.on(cpu)
     shape = input_shape(space.model)
     info = {"searchcomp": _version(), "format": fmt, "file": FORMATS[fmt], "study": study,
             "trial": number, "space": space.file, "model": space.model.model_dump(mode="json"),

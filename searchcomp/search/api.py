@@ -37,27 +37,43 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                sampler: str | None = None, seed: int | None = None, strategy: str = "search",
                threshold: float = 0.70, quiet: bool = False,
                log: Callable[[str], None] = print, backend: str = "local",
-               ray_options: dict[str, Any] | None = None) -> RunSummary:
+               ray_options: dict[str, Any] | None = None, device: str | None = None
+               ) -> RunSummary:
     """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
     are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead.
     ``backend="ray"`` runs the trials on Ray Tune (``ray_options``: address, concurrency,
-    cpus_per_trial, gpus_per_trial)."""
+    cpus_per_trial, gpus_per_trial). ``device`` overrides the space's ``device``.
+
+    The base is measured once per study: a later run or another worker on the same study
+    reads the stored figures instead of measuring again under other load."""
+    from searchcomp.compute import compute_for
+    from searchcomp.search.context import measure_device
+
+    compute_for(space, device), measure_device(space)  # a missing GPU: fail before anything
     n = trials or space.search.trials
     name = study_name or space.name
     # a folder the run cannot write is refused before any work (the base may train for hours)
     check_writable(space.study_dir(name) / "trials", "trial weights")
     if space.base.source != "checkpoint":
         check_writable(Path(space.studies_dir) / "_base", "the cached base model")
-    ctx = prepare(space, progress=not quiet, log=log, study_name=name)
+    ctx = prepare(space, progress=not quiet, log=log, study_name=name, device=device,
+                  known_base=_stored_base(space, storage, name))
     remove_dead_partials(ctx.weights_dir)
-    b = ctx.base_metrics
-    log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
-        f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']})")
     url = resolve_storage(space, storage, name)
     lock = StudyLock(url, name)
     study = open_study(space, storage=storage, study_name=name, sampler=sampler, seed=seed,
                        n_trials=n, recipe_space=recipe_space(ctx.blocks, space.blocks.head))
-    study.set_user_attr("base", b)
+    if ctx.base_measured:
+        stored = study.user_attrs  # another worker of this study may have measured it first
+        if stored.get("base_key") == ctx.base_key and stored.get("base"):
+            ctx.base_metrics, ctx.base_measured = dict(stored["base"]), False
+    b = ctx.base_metrics
+    how = "" if ctx.base_measured else "; as measured earlier for this study"
+    log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
+        f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']}{how})")
+    if ctx.base_measured:
+        study.set_user_attr("base", b)
+        study.set_user_attr("base_key", ctx.base_key)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)
     study.set_user_attr("blocks", ctx.block_names)
@@ -83,11 +99,22 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
-                          space.search.seed if seed is None else seed, lock)
+                          space.search.seed if seed is None else seed, lock, device)
     else:
         ran = searcher.run(n, timeout)
         _remeasure(ctx, study, lock, log)
     return RunSummary(name, url, ran, len(done_trials(study)), stopped=searcher.stopped)
+
+
+def _stored_base(space: Space, storage: str | None, name: str) -> dict[str, Any] | None:
+    """The base figures an earlier run stored in the study (None: no study yet)."""
+    from searchcomp.errors import SearchcompError
+
+    try:
+        attrs = open_study(space, storage=storage, study_name=name, load_only=True).user_attrs
+    except SearchcompError:
+        return None
+    return {"metrics": attrs.get("base"), "key": attrs.get("base_key")}
 
 
 def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:
@@ -102,7 +129,8 @@ def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:
 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
-                opts: dict[str, Any], log: Callable[[str], None], seed: int, lock) -> int:
+                opts: dict[str, Any], log: Callable[[str], None], seed: int, lock,
+                device: str | None) -> int:
     from searchcomp.search.ray_backend import WorkerSpec, run_ray
 
     file, overrides, quick = space.load_args
@@ -111,7 +139,8 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
     if space.data.root:
         extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
     cpus = float(opts.get("cpus_per_trial") or 1)
-    spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)))
+    spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)),
+                      device or space.device)
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,

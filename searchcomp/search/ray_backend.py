@@ -56,25 +56,43 @@ class WorkerSpec:
     study_name: str
     seed: int
     threads: int
+    #: the run's device (``--device``, else the space's ``device``)
+    device: str = "auto"
 
 
-_CONTEXTS: dict[WorkerSpec, TrialContext] = {}
+_CONTEXTS: dict[tuple[WorkerSpec, str], TrialContext] = {}
 
 
-def _context(spec: WorkerSpec) -> TrialContext:
-    """The trial context, built once per worker process (the base comes from the cache)."""
-    if spec not in _CONTEXTS:
+def worker_device(spec: WorkerSpec, gpu_ids: list) -> str:
+    """The device of a Ray trial: ``cpu`` or ``mps`` when the run names them; else (``auto``,
+    ``cuda``, ``cuda:N``) the GPU Ray gave the trial (Ray makes it the only visible one:
+    ``cuda``), or the CPU when it gave none."""
+    if spec.device in ("cpu", "mps"):
+        return spec.device
+    return "cuda" if gpu_ids else "cpu"
+
+
+def _context(spec: WorkerSpec, device: str,
+             known_base: dict[str, Any] | None) -> TrialContext:
+    """The trial context, built once per worker process and reused by every trial Ray runs
+    in it (actors are reused): data, base, teacher logits; the base's figures come from the
+    driver instead of being measured again."""
+    key = (spec, device)
+    if key not in _CONTEXTS:
         from searchcomp.config import load_space
         from searchcomp.search.trial import prepare
 
         space = load_space(spec.space_file, list(spec.overrides), quick=spec.quick)
-        _CONTEXTS[spec] = prepare(space, progress=False, log=lambda m: None,
-                                  study_name=spec.study_name)
-    return _CONTEXTS[spec]
+        _CONTEXTS[key] = prepare(space, progress=False, log=lambda m: None,
+                                 study_name=spec.study_name, device=device,
+                                 known_base=known_base)
+    return _CONTEXTS[key]
 
 
-def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
+def ray_trial(config: dict[str, Any], spec: WorkerSpec,
+              known_base: dict[str, Any] | None = None) -> None:
     """The Ray trainable: rebuild the recipe from Ray's config, run the trial, report."""
+    import ray
     import torch
     from ray import tune
 
@@ -90,7 +108,9 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec) -> None:
                            "started_at": time.time()}
     t0 = time.perf_counter()
     try:
-        ctx = _context(spec)
+        device = worker_device(spec, ray.get_gpu_ids())
+        ctx = _context(spec, device, known_base)
+        out["device"] = str(ctx.compute.device)
         out["summary"] = recipe.summary(ctx.block_names)
         with computing(ctx.weights_dir.parent):
             outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
@@ -231,15 +251,17 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
     return searcher
 
 
-def remeasure_task(spec: WorkerSpec, points: list[dict[str, Any]], with_base: bool
-                   ) -> dict[str, dict[str, Any]]:
+def remeasure_task(spec: WorkerSpec, points: list[dict[str, Any]], with_base: bool,
+                   known_base: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """A Ray task: the quiet latency of ``points`` (see :mod:`searchcomp.search.remeasure`)."""
+    import ray
     import torch
 
     from searchcomp.search.remeasure import time_points
 
     torch.set_num_threads(spec.threads)
-    return time_points(_context(spec), points, with_base)
+    ctx = _context(spec, worker_device(spec, ray.get_gpu_ids()), known_base)
+    return time_points(ctx, points, with_base)
 
 
 def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: int, *,
@@ -257,6 +279,9 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
     todo = n_trials - len(done_trials(study))
     if todo <= 0:
         return 0
+    if spec.device.startswith("cuda") and gpus_per_trial <= 0:
+        raise SearchcompError(f"device {spec.device} with --backend ray: give each trial a GPU "
+                              "with --gpus-per-trial (e.g. 1, or 0.5 to share one)")
     if not ray.is_initialized():
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
                                                            os.environ.get("PYTHONPATH")]))}
@@ -270,8 +295,10 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         except Exception as e:  # no cluster at that address, port clash, ...
             raise SearchcompError(f"--address: cannot start or join Ray: {e}") from None
     res = ray.cluster_resources()
+    idle_gpus = res.get("GPU") and not gpus_per_trial
     log(f"ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; up to {concurrency} "
-        f"trials at once, {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU each")
+        f"trials at once, {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU each"
+        + ("; trials train on the CPU (--gpus-per-trial gives them GPUs)" if idle_gpus else ""))
     ran = [0]
 
     def on_row(row: dict) -> None:
@@ -279,10 +306,12 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         log(format_line(row))
 
     import contextlib
+    import warnings
 
     lock = lock or contextlib.nullcontext
-    trainable = tune.with_resources(tune.with_parameters(ray_trial, spec=spec),
-                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial, spec=spec, known_base=ctx.known_base),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
     with Heartbeat(study._storage, ctx.space.search.heartbeat_s) as heartbeat:
         searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log)
@@ -292,15 +321,19 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=3 * todo + 10,
                                         max_concurrent_trials=concurrency,
-                                        time_budget_s=timeout_s),
+                                        time_budget_s=timeout_s,
+                                        # one process per slot, its context prepared once
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-        tuner.fit()
+        with warnings.catch_warnings():  # asking a study with heartbeats outside optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            tuner.fit()
     if searcher.fatal:
         raise OutputError(searcher.fatal)
     from searchcomp.search.remeasure import remeasure_front
 
     task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(remeasure_task)
     remeasure_front(study, list(ctx.space.objectives),
-                    lambda pts, base: ray.get(task.remote(spec, pts, base)), lock, log)
+                    lambda pts, base: ray.get(task.remote(spec, pts, base, ctx.known_base)), lock, log)
     return ran[0]

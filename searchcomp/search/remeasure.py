@@ -87,7 +87,8 @@ def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[
 def _time(ctx: TrialContext, model: torch.nn.Module) -> dict[str, Any]:
     mm = ctx.space.measure
     met = measure(model, input_shape(ctx.space.model), batch_size=mm.batch_size,
-                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
+                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
+                  device=ctx.measure_device)
     return {"latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime,
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "worker": worker_name()}
 

@@ -6,6 +6,7 @@ Optuna loop, the greedy baseline, a Ray worker).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,36 +17,15 @@ from torch import nn
 
 from searchcomp.candidate import Recipe, build
 from searchcomp.config import Space
-from searchcomp.data import Splits, load_splits
-from searchcomp.measure import measure
-from searchcomp.models import Block, check_inputs, input_shape, obtain_base
+from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
 from searchcomp.search.locks import measuring
 from searchcomp.train import evaluate, finetune
 
+__all__ = ["CALIB_IMAGES", "METRICS", "TrialContext", "TrialOutcome", "constraint_values",
+           "prepare", "run_trial", "save_weights"]
+
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
-#: images whose activations drive local fits and init errors (more costs build time)
-CALIB_IMAGES = 64
-
-
-@dataclass
-class TrialContext:
-    """Everything a trial needs, derived deterministically from the space."""
-
-    space: Space
-    base: nn.Module
-    base_metrics: dict[str, Any]
-    splits: Splits
-    blocks: list[Block]
-    head_name: str
-    calib: torch.Tensor
-    grad_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    weights_dir: Path
-
-    @property
-    def block_names(self) -> list[str]:
-        """Block names in model order."""
-        return [b.name for b in self.blocks]
 
 
 @dataclass
@@ -60,6 +40,9 @@ class TrialOutcome:
     weights: str
     #: each configured constraint's violation; <= 0 means satisfied (Optuna's convention)
     constraints: dict[str, float] = field(default_factory=dict)
+    #: wall seconds of each phase: build (and its parts build.prune, build.replace with the
+    #: inits and local fits, build.quantize), finetune, evaluate, measure, save
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -74,36 +57,6 @@ class TrialOutcome:
         d["max_init_error"] = max(self.init_errors.values(), default=0.0)
         d["feasible"] = self.feasible
         return d
-
-
-def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
-            study_name: str | None = None) -> TrialContext:
-    """Check every input, load data, obtain the base and measure it: the reference point.
-
-    Whatever needs only the space and the architecture (files named, blocks, every choice
-    against its layer, the head) is checked on fresh weights before any download or training.
-    """
-    arch = check_inputs(space)
-    splits = load_splits(space.data, space.model)
-    base = obtain_base(space, splits, progress=progress, log=log)
-    blocks, head_name = arch.blocks, arch.head_name
-    n_calib = space.finetune.calib_batches
-    grad_batches = []
-    # a fresh copy: the base's training advanced the shared one's epoch (cached or not)
-    for i, batch in enumerate(splits.train.reseeded(space.data.seed)):
-        if i >= n_calib:
-            break
-        grad_batches.append(batch)
-    calib = torch.cat([x for x, _ in grad_batches])[:CALIB_IMAGES]
-    mm = space.measure
-    met = measure(base.model, input_shape(space.model), batch_size=mm.batch_size,
-                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
-    base_metrics = {"accuracy": base.val_accuracy, "params": met.params,
-                    "size_mib": met.size_mib, "latency_ms": met.latency_ms, "flops": met.flops,
-                    "latency_runtime": met.latency_runtime}
-    weights_dir = Path(space.studies_dir) / (study_name or space.name) / "trials"
-    return TrialContext(space, base.model, base_metrics, splits, blocks, head_name, calib,
-                        grad_batches, weights_dir)
 
 
 def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any]
@@ -130,30 +83,42 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """
     space = ctx.space
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = now - clock
+        clock = now
+
     torch.manual_seed(seed)
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to)
     model = built.model
+    lap("build")
+    seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     train = ctx.splits.train.reseeded(seed)  # each trial its own, reproducible, shuffling
-    ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step)
-    accuracy = evaluate(model, ctx.splits.val)
-    mm = space.measure
+    ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step,
+                  compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+    lap("finetune")
+    accuracy = evaluate(model, ctx.splits.val, ctx.compute)
+    lap("evaluate")
+    model.to(ctx.measure_device)  # trained: from here on it is the model to deploy
     with measuring(ctx.weights_dir.parent):  # one latency measurement at a time per machine
-        met = measure(model, input_shape(space.model), batch_size=mm.batch_size,
-                      threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
-    metrics = {"accuracy": accuracy, "params": met.params, "size_mib": met.size_mib,
-               "latency_ms": met.latency_ms, "flops": met.flops,
-               "latency_runtime": met.latency_runtime}
+        metrics = {"accuracy": accuracy, **measure_model(model, space, ctx.measure_device)}
+    lap("measure")
     weights = save_weights(model, ctx.weights_dir / f"{trial_id}.pt")
+    lap("save")
     return TrialOutcome(metrics, built.init_errors,
                         {b: {c: list(v) for c, v in d.items()} for b, d in built.pruned.items()},
                         ft.steps, ft.seconds, str(weights),
-                        constraint_values(space, metrics, ctx.base_metrics))
+                        constraint_values(space, metrics, ctx.base_metrics), seconds)
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
     """Write the fine-tuned state (whole or not at all) so export needs no retraining; a
     disk that refuses it raises :class:`searchcomp.errors.OutputError`."""
-    state = model.state_dict()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return write_atomic(path, lambda tmp: torch.save(state, tmp), "trial weights")

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchcomp.compute import Compute
 from searchcomp.config import FinetuneConfig
 from searchcomp.data import Batches
-from searchcomp.train.distill import distill_loss
-from searchcomp.train.loops import DivergedError, evaluate
+from searchcomp.train.distill import distill_loss, teacher_outputs
+from searchcomp.train.loops import DEFAULT_COMPUTE, SYNC_EVERY, DivergedError, evaluate
 
 
 class BelowFloor(Exception):
@@ -52,51 +53,71 @@ def _optimizer(cfg: FinetuneConfig, params) -> torch.optim.Optimizer:
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: Batches,
              cfg: FinetuneConfig, *, on_step: Callable[[int, int, float], None] | None = None,
+             compute: Compute | None = None, teacher_logits: torch.Tensor | None = None,
              ) -> FinetuneResult:
-    """Fine-tune ``model`` in place for :func:`total_steps` steps.
+    """Fine-tune ``model`` in place for :func:`total_steps` steps, on ``compute``'s device
+    and precision (autocast; a gradient scaler for fp16; the model is handed back in the
+    plain NCHW layout whatever layout it trained in).
 
-    With ``cfg.loss == "distill"`` the frozen ``teacher`` (the base) supplies soft targets.
-    If ``cfg.min_accuracy`` is set, validation accuracy is checked after ``cfg.check_at`` of
-    the steps and :class:`BelowFloor` is raised when it is lower. A NaN or infinite loss
-    raises :class:`~searchcomp.train.DivergedError`. ``on_step(step, total, loss)`` reports
-    progress.
+    With ``cfg.loss == "distill"`` the frozen ``teacher`` (the base) supplies soft targets:
+    from ``teacher_logits`` (row i for image i of ``train``, see
+    :func:`~searchcomp.train.distill.teacher_logits`) when given, else from a teacher forward
+    per step. If ``cfg.min_accuracy`` is set, validation accuracy is checked after
+    ``cfg.check_at`` of the steps and :class:`BelowFloor` is raised when it is lower. A NaN or
+    infinite loss raises :class:`~searchcomp.train.DivergedError` (checked every
+    :data:`~searchcomp.train.loops.SYNC_EVERY` steps, since reading the loss waits for the
+    device). ``on_step(step, total, loss)`` reports progress with the last loss read.
     """
+    compute = compute or DEFAULT_COMPUTE
     n = total_steps(cfg, train)
     check_step = max(1, int(n * cfg.check_at)) if cfg.min_accuracy is not None else -1
-    use_teacher = cfg.loss == "distill" and teacher is not None
-    if use_teacher:
+    use_teacher = cfg.loss == "distill" and (teacher is not None or teacher_logits is not None)
+    if teacher_logits is not None and len(teacher_logits) != train.size:
+        raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for the "
+                         f"{train.size} fine-tune images: they must be computed on them")
+    if use_teacher and teacher_logits is None:
         teacher.eval()
+    compute.train_layout(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(cfg, params)
+    scaler = compute.grad_scaler()
+    alpha, temperature = cfg.distill.alpha, cfg.distill.temperature
     model.train()
     t0 = time.perf_counter()
     step, loss_value, checked = 0, float("nan"), None
-    while step < n:
-        for x, y in train:
-            out = model(x)
-            if use_teacher:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = distill_loss(out, t_out, y, cfg.distill.alpha, cfg.distill.temperature)
-            else:
-                loss = F.cross_entropy(out, y)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"fine-tune loss is {loss.item()} at step {step + 1}; "
-                                    "lower finetune.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_value = float(loss.item())
-            if on_step:
-                on_step(step, n, loss_value)
-            if step == check_step:
-                checked = evaluate(model, val)
-                if checked < cfg.min_accuracy:
-                    model.eval()
-                    raise BelowFloor(checked, step, cfg.min_accuracy)
-                model.train()
-            if step >= n:
-                break
-    model.eval()
+    try:
+        while step < n:
+            for idx, x, y in train.indexed():
+                with compute.autocast():
+                    out = model(compute.inputs(x)).float()
+                if not use_teacher:
+                    loss = F.cross_entropy(out, y)
+                else:
+                    if teacher_logits is not None:
+                        t_out = teacher_logits[idx.to(teacher_logits.device)]
+                    else:
+                        t_out = teacher_outputs(teacher, x, compute)
+                    loss = distill_loss(out, t_out, y, alpha, temperature)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                step += 1
+                if step % SYNC_EVERY == 0 or step == n or step == check_step:
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        raise DivergedError(f"fine-tune loss is {loss_value} at step {step}; "
+                                            "lower finetune.lr")
+                if on_step:
+                    on_step(step, n, loss_value)
+                if step == check_step:
+                    checked = evaluate(model, val, compute)
+                    if checked < cfg.min_accuracy:
+                        raise BelowFloor(checked, step, cfg.min_accuracy)
+                    model.train()
+                if step >= n:
+                    break
+    finally:
+        compute.plain_layout(model)
+        model.eval()
     return FinetuneResult(step, time.perf_counter() - t0, loss_value, checked)

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchcomp.compute import Compute
 from searchcomp.errors import SearchcompError
+
+#: CPU, fp32: what a caller that names no compute gets
+DEFAULT_COMPUTE = Compute()
+
+
+#: steps between reads of the loss on the host (each read waits for the device)
+SYNC_EVERY = 10
 
 
 class DivergedError(SearchcompError):
@@ -17,25 +25,37 @@ class DivergedError(SearchcompError):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` (put in eval mode, restored after) on ``batches``."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             compute: Compute | None = None) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode, restored after) on ``batches``, in
+    ``compute``'s evaluation precision (fp32 unless configured otherwise)."""
+    compute = compute or DEFAULT_COMPUTE
     was_training = model.training
     model.eval()
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.int64, device=compute.device)
+    total = 0
     try:
         for x, y in batches:
-            correct += int((model(x).argmax(1) == y).sum())
+            with compute.eval_autocast():
+                out = model(x)
+            correct += (out.argmax(1) == y).sum()  # summed on the device: one sync at the end
             total += len(y)
     finally:
         model.train(was_training)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def train_base(model: nn.Module, batches, epochs: int, lr: float, momentum: float,
                weight_decay: float, progress: bool = True, desc: str = "train base",
-               on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """SGD with momentum and a cosine schedule; returns the mean loss of each epoch."""
+               on_epoch: Callable[[int, float], None] | None = None,
+               compute: Compute | None = None) -> list[float]:
+    """SGD with momentum and a cosine schedule on ``compute``'s device and precision; returns
+    the mean loss of each epoch."""
     from tqdm.auto import tqdm
+
+    compute = compute or DEFAULT_COMPUTE
+    compute.train_layout(model)
+    scaler = compute.grad_scaler()
 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                           weight_decay=weight_decay, nesterov=momentum > 0)
@@ -46,24 +66,37 @@ def train_base(model: nn.Module, batches, epochs: int, lr: float, momentum: floa
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     model.train()
     for epoch in range(epochs):
-        running, n = 0.0, 0
+        running = torch.zeros((), device=compute.device)
+        n = 0
         for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise DivergedError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}; "
-                                    "lower the learning rate")
+            with compute.autocast():
+                out = model(compute.inputs(x))
+            loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            running += loss.item() * len(y)
+            running += loss.detach() * len(y)
             n += len(y)
             bar.update(1)
-            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
-        losses.append(running / max(n, 1))
+            if bar.n % SYNC_EVERY == 0:  # reading the loss waits for the device
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bar.close()
+                    compute.plain_layout(model)
+                    raise DivergedError(f"{desc}: loss is {value} at epoch {epoch + 1}; "
+                                        "lower the learning rate")
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{value:.3f}")
+        losses.append(float(running) / max(n, 1))
+        if not math.isfinite(losses[-1]):
+            bar.close()
+            compute.plain_layout(model)
+            raise DivergedError(f"{desc}: loss is {losses[-1]} at epoch {epoch + 1}; "
+                                "lower the learning rate")
         if on_epoch:
             on_epoch(epoch, losses[-1])
     bar.close()
+    compute.plain_layout(model)
     model.eval()
     return losses

@@ -49,8 +49,34 @@ class ChannelConv3d(nn.Module):
         return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            # Training: the same map through an ordinary 2-D conv with the banded kernel,
+            # several times faster than Conv3d here (and fast in bf16 / channels_last).
+            c = self.conv
+            bias = None if c.bias is None else c.bias.repeat_interleave(self.maps_per_filter)
+            return F.conv2d(x, self.banded_weight(), bias, c.stride[1:], c.padding[1:],
+                            c.dilation[1:])
         y = self.conv(x.unsqueeze(1))                      # [B, s, C-u+1, H', W']
         return y.flatten(1, 2)                             # [B, s*(C-u+1), H', W']
+
+    @property
+    def maps_per_filter(self) -> int:
+        """n = C - u + 1: the output maps each 3-D filter yields."""
+        return self.out_channels // self.filters
+
+    def banded_weight(self) -> Tensor:
+        """The equivalent Conv2d kernel [D, C, kh, kw]: output map f*n + j reads channels
+        j..j+u-1 with filter f, and nothing else (zeros outside the band)."""
+        k = self.conv.weight[:, 0]                         # [s, u, kh, kw]
+        s, u, kh, kw = k.shape
+        n = self.maps_per_filter
+        dev = k.device
+        rows = torch.arange(n, device=dev)[:, None]        # [n, 1]
+        cols = rows + torch.arange(u, device=dev)[None]    # [n, u]: channel j + i
+        f = torch.arange(s, device=dev)[:, None, None]      # [s, 1, 1]
+        w = k.new_zeros(s, n, self.in_channels, kh, kw)
+        w = w.index_put((f, rows[None], cols[None]), k[:, None].expand(s, n, u, kh, kw))
+        return w.reshape(s * n, self.in_channels, kh, kw)
 
 
 def _weight_space_init(new: ChannelConv3d, conv: nn.Conv2d) -> None:

@@ -1,0 +1,149 @@
+"""What every trial of a study shares, prepared once per process: the data on the compute
+device, the base (and its measurement, taken once per study), the blocks, calibration
+batches and the teacher's logits for the fine-tune subset (computed once per study)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from searchcomp.compute import Compute, compute_for, resolve_device
+from searchcomp.compute.device import DeviceError
+from searchcomp.config import Space
+from searchcomp.data import Batches, Splits, load_splits
+from searchcomp.measure import measure
+from searchcomp.models import Block, check_inputs, input_shape, obtain_base, state_digest
+from searchcomp.search.files import write_atomic
+from searchcomp.train import DEFAULT_COMPUTE, teacher_logits
+
+#: images whose activations drive local fits and init errors (more costs build time)
+CALIB_IMAGES = 64
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs, derived deterministically from the space."""
+
+    space: Space
+    base: nn.Module
+    base_metrics: dict[str, Any]
+    splits: Splits
+    blocks: list[Block]
+    head_name: str
+    calib: torch.Tensor
+    grad_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    weights_dir: Path
+    #: where and in what precision trials train (the base and the data live there)
+    compute: Compute = DEFAULT_COMPUTE
+    #: the deployment target latency is timed on
+    measure_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: the base's logits for every image of the fine-tune subset (None: loss is not distill)
+    teacher_logits: torch.Tensor | None = None
+    #: identifies the base and how it was measured; equal keys = reusable measurement
+    base_key: dict[str, Any] = field(default_factory=dict)
+    #: True when this process measured the base (False: the study's stored figures)
+    base_measured: bool = True
+
+    @property
+    def block_names(self) -> list[str]:
+        """Block names in model order."""
+        return [b.name for b in self.blocks]
+
+    @property
+    def known_base(self) -> dict[str, Any]:
+        """The base's figures and key, as :func:`prepare` accepts them back."""
+        return {"metrics": self.base_metrics, "key": self.base_key}
+
+
+def measure_device(space: Space) -> torch.device:
+    """The device of ``measure.device``; a device this machine lacks is a one-line error
+    naming the field's line."""
+    try:
+        return resolve_device(space.measure.device)
+    except DeviceError as e:
+        raise space.error("measure.device", str(e)) from None
+
+
+def measure_model(model: nn.Module, space: Space, device: torch.device) -> dict[str, Any]:
+    """Params, MiB, FLOPs and latency of ``model`` as the space measures them."""
+    mm = space.measure
+    met = measure(model, input_shape(space.model), batch_size=mm.batch_size, threads=mm.threads,
+                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime, device=device)
+    return {"params": met.params, "size_mib": met.size_mib, "latency_ms": met.latency_ms,
+            "flops": met.flops, "latency_runtime": met.latency_runtime}
+
+
+def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
+            study_name: str | None = None, device: str | None = None,
+            known_base: dict[str, Any] | None = None) -> TrialContext:
+    """Check every input, load data, obtain the base and measure it: the reference point.
+
+    Whatever needs only the space and the architecture (files named, blocks, every choice
+    against its layer, the head) is checked on fresh weights before any download or training.
+
+    Everything runs on the space's device (``device``, e.g. from ``--device``, overrides it).
+    ``known_base`` (:attr:`TrialContext.known_base` of an earlier preparation, as a study
+    stores it) is reused instead of measuring the base again when it describes the same base
+    weights measured with the same settings: latency taken under other load must not replace
+    the study's reference.
+    """
+    compute = compute_for(space, device)
+    mdev = measure_device(space)
+    arch = check_inputs(space)
+    log(f"compute: {compute.describe()}; latency timed on {mdev}"
+        + "".join(f"\n  {note}" for note in compute.notes))
+    splits = load_splits(space.data, space.model).on(compute.device)
+    base = obtain_base(space, splits, progress=progress, log=log, compute=compute)
+    blocks, head_name = arch.blocks, arch.head_name
+    n_calib = space.finetune.calib_batches
+    grad_batches = []
+    # a fresh copy: the base's training advanced the shared one's epoch (cached or not)
+    for i, batch in enumerate(splits.train.reseeded(space.data.seed)):
+        if i >= n_calib:
+            break
+        grad_batches.append(batch)
+    calib = torch.cat([x for x, _ in grad_batches])[:CALIB_IMAGES]
+    digest = state_digest(base.model)
+    key = {"weights": digest, "measure": space.measure.model_dump(mode="json")}
+    if known_base and known_base.get("key") == key and known_base.get("metrics"):
+        base_metrics, measured = dict(known_base["metrics"]), False
+    else:
+        base_metrics = {"accuracy": base.val_accuracy, **measure_model(base.model, space, mdev)}
+        measured = True
+    study_dir = Path(space.studies_dir) / (study_name or space.name)
+    logits = None
+    if space.finetune.loss == "distill":
+        logits = cached_teacher_logits(base.model, splits.train, compute, digest, study_dir,
+                                       log)
+    return TrialContext(space, base.model, base_metrics, splits, blocks, head_name, calib,
+                        grad_batches, study_dir / "trials", compute, mdev, logits, key, measured)
+
+
+def cached_teacher_logits(teacher: nn.Module, train: Batches, compute: Compute, digest: str,
+                          folder: Path, log: Callable[[str], None] = print) -> torch.Tensor:
+    """The teacher's logits for every image of ``train``: read from ``folder`` when a file of
+    the same base (``digest``), images and evaluation precision is there, else computed once
+    and written there for the study's other workers and later runs."""
+    h = hashlib.sha256(f"{digest}:{compute.eval_precision}:{train.size}".encode())
+    for t in (train.x, train.y, train.mean, train.std):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    path = folder / f"teacher-{h.hexdigest()[:16]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True).to(compute.device)
+        except Exception:  # a damaged file: compute again and replace it
+            pass
+    t0 = time.perf_counter()
+    logits = teacher_logits(teacher, train, compute)
+    log(f"teacher: logits of the base for the {train.size} fine-tune images in "
+        f"{time.perf_counter() - t0:.1f} s, reused by every trial ({path})")
+    cpu = logits.cpu()
+    write_atomic(path, lambda tmp: torch.save(cpu, tmp), "the teacher's logits")
+    return logits
