@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
 from searchcomp.data import Splits, load_splits
-from searchcomp.measure import measure
+from searchcomp.deploy.runtime import get_runtime
+from searchcomp.measure import Metrics, measure
 from searchcomp.models import Block, find_blocks, find_head, input_shape, obtain_base
 from searchcomp.train import evaluate, finetune
 
@@ -93,13 +95,19 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     calib = torch.cat([x for x, _ in grad_batches])[:CALIB_IMAGES]
     mm = space.measure
     met = measure(base.model, input_shape(space.model), batch_size=mm.batch_size,
-                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
-    base_metrics = {"accuracy": base.val_accuracy, "params": met.params,
-                    "size_mib": met.size_mib, "latency_ms": met.latency_ms, "flops": met.flops,
-                    "latency_runtime": met.latency_runtime}
+                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
+                  calib=calib)
+    base_metrics = {"accuracy": base.val_accuracy, **_costs(met)}
     weights_dir = Path(space.studies_dir) / (study_name or space.name) / "trials"
     return TrialContext(space, base.model, base_metrics, splits, blocks, head_name, calib,
                         grad_batches, weights_dir)
+
+
+def _costs(met: Metrics) -> dict[str, Any]:
+    """The measured costs a trial (or the base) stores, with what measured them."""
+    return {"params": met.params, "size_mib": met.size_mib, "latency_ms": met.latency_ms,
+            "flops": met.flops, "latency_runtime": met.latency_runtime, "runtime": met.runtime,
+            "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
 
 
 def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any]
@@ -126,20 +134,22 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """
     space = ctx.space
+    mm = space.measure
+    int8 = get_runtime(mm.runtime).int8
     torch.manual_seed(seed)
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to)
+                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
+                  int8=int8)
     model = built.model
     train = ctx.splits.train.reseeded(seed)  # each trial its own, reproducible, shuffling
     ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step)
+    # the int8 ranges of the fine-tuned weights, from the images the exporter calibrates on
+    calibrate_activations(model, ctx.calib)
     accuracy = evaluate(model, ctx.splits.val)
-    mm = space.measure
     met = measure(model, input_shape(space.model), batch_size=mm.batch_size, threads=mm.threads,
-                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime)
-    metrics = {"accuracy": accuracy, "params": met.params, "size_mib": met.size_mib,
-               "latency_ms": met.latency_ms, "flops": met.flops,
-               "latency_runtime": met.latency_runtime}
+                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime, calib=ctx.calib)
+    metrics = {"accuracy": accuracy, **_costs(met)}
     weights = save_weights(model, ctx.weights_dir / f"{trial_id}.pt")
     return TrialOutcome(metrics, built.init_errors,
                         {b: {c: list(v) for c, v in d.items()} for b, d in built.pruned.items()},
