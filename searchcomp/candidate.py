@@ -18,12 +18,15 @@ import torch
 from torch import nn
 
 from searchcomp import choices
+from searchcomp.choices.actquant import calibrate_activations, simulate_int8
 from searchcomp.choices.fit import relative_error
 from searchcomp.choices.quant import quantize_module
 from searchcomp.config import FLOAT_BITS, KEEP, NEUTRAL
 from searchcomp.errors import ChoiceError
 from searchcomp.models import Block, set_submodule
 
+#: blocks at this width or less run int8 kernels in the ``onnxruntime-int8`` runtime
+INT8_BITS = 8
 #: the summary characters of the bit widths (``.`` = float)
 BITS_CODES = {FLOAT_BITS: ".", 16: "h", 8: "8", 6: "6", 4: "4", 2: "2"}
 
@@ -111,13 +114,15 @@ class Built:
 def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
           calib: torch.Tensor, *, prune_criterion: str = "l1",
           grad_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-          prune_round_to: int = 1, init: bool = True) -> Built:
+          prune_round_to: int = 1, init: bool = True, int8: bool = False) -> Built:
     """Build the candidate of ``recipe`` from a copy of ``base`` (which is never modified).
 
     ``calib`` is a small batch of training inputs: local fits and init errors use the
     activations it produces, and pruning traces the graph with one of its images. Without
     ``init`` the replacements keep their constructed weights (for when a trained state is
-    loaded right after; the architecture is the same).
+    loaded right after; the architecture is the same). With ``int8`` (the
+    ``onnxruntime-int8`` runtime) blocks at <= 8 bits also simulate int8 activations
+    (:func:`~searchcomp.choices.actquant.simulate_int8`), calibrated on ``calib``.
     """
     by_name = {b.name: b for b in blocks}
     unknown = set(recipe.blocks) - set(by_name)
@@ -167,8 +172,17 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
     if quantized:
         before = _block_io(model, calib[:ERROR_IMAGES], quantized) if init else {}
         for b in quantized:
-            quantize_module(model.get_submodule(b), int(recipe.choice(b, "bits")))
+            quantize_module(model.get_submodule(b), int(recipe.choice(b, "bits")),
+                            clip="mse" if init else "max")
         init_errors.update(_block_errors(model, before, "bits"))
+        units = [b for b in quantized if int(recipe.choice(b, "bits")) <= INT8_BITS]
+        if int8 and units:
+            before = _block_io(model, calib[:ERROR_IMAGES], units) if init else {}
+            for b in units:
+                simulate_int8(model.get_submodule(b))
+            if init:
+                calibrate_activations(model, calib)
+                init_errors.update(_block_errors(model, before, "int8"))
     seconds["quantize"] = time.perf_counter() - clock
     return Built(model.eval(), init_errors, pruned, resized, seconds)
 

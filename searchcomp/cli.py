@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(p)
     p.add_argument("--trial", type=int, required=True, help="the trial number (see 'front')")
     p.add_argument("--out", required=True, metavar="DIR", help="a folder that does not exist")
-    p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"],
-                   default="state_dict", help="the artifact (default state_dict)")
+    p.add_argument("--format", choices=["state_dict", "torchscript", "onnx", "onnx-int8"],
+                   help="the artifact (default: the one the trial was measured on, i.e. of "
+                        "measure.runtime: torch -> state_dict, onnxruntime -> onnx, "
+                        "onnxruntime-int8 -> onnx-int8)")
     p.add_argument("--finetune-epochs", type=float, default=0, metavar="E",
                    help="fine-tune E more epochs before exporting (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from searchcomp.config import Space
+from searchcomp.deploy.cpu import features_label
 from searchcomp.models import Block, check_inputs, input_shape, space_size
 
 
@@ -58,8 +59,13 @@ class Overview:
         b = self.base
         lines.append(f"base   params {b['params']:,}   size {b['size_mib']:.2f} MiB   "
                      f"flops {b['flops'] / 1e6:,.1f} M   latency {b['latency_ms']:.2f} ms")
-        lines.append(f"       latency measured by {b['latency_runtime']}, batch "
-                     f"{s.measure.batch_size}, median of {s.measure.runs} runs")
+        runtime = b["latency_runtime"].split("; cpu")[0]  # the features get their own line
+        lines.append(f"       size and latency: the {b['format']} file of runtime "
+                     f"{s.measure.runtime}, run by {runtime}, batch {s.measure.batch_size}, "
+                     f"median of {s.measure.runs} runs")
+        feats = features_label(tuple(b["cpu_features"]) if b["cpu_features"] is not None
+                               else None).removeprefix("cpu ")
+        lines.append(f"cpu    {b['cpu_model']}; int8 speed depends on: {feats}")
         lines.append(f"objectives  {', '.join(s.objectives)}")
         return "\n".join(lines)
 
@@ -71,6 +77,8 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
     arch = check_inputs(space)
     model, blocks, head_name = arch.model, arch.blocks, arch.head_name
 
+    from searchcomp.deploy.cpu import cpu_model
+    from searchcomp.deploy.runtime import get_runtime
     from searchcomp.measure import measure
     from searchcomp.search.context import measure_device
 
@@ -82,6 +90,9 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
                   threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
                   device=device)
     base = {"params": met.params, "size_mib": met.size_mib, "flops": met.flops,
-            "latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime}
+            "latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime,
+            "runtime": mm.runtime, "format": get_runtime(mm.runtime).format,
+            "cpu_model": cpu_model(),
+            "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
     return Overview(space, blocks, head_name, space.blocks.head,
                     space_size(blocks, space.blocks.head), base)

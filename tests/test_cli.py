@@ -31,6 +31,8 @@ def test_inspect_fashion_text_works_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "blocks (8)" in r.stdout and "layer4.1" in r.stdout
     assert "params 11,172,810" in r.stdout
+    assert "the state_dict file of runtime torch" in r.stdout
+    assert "int8 speed depends on:" in r.stdout  # the CPU's VNNI / AMX / AVX2
     assert not (tmp_path / "studies").exists(), "inspect must not train or write anything"
 
 
@@ -43,7 +45,21 @@ def test_inspect_with_set_and_quick(tiny_space_file, capsys):
     assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]}}
 
 
+def test_inspect_in_the_int8_runtime_records_runtime_and_cpu(tiny_space_file, capsys):
+    from searchcomp.deploy.cpu import cpu_features
+
+    assert main(["inspect", str(tiny_space_file), "--json", "--set",
+                 "measure.runtime=onnxruntime-int8"]) == 0
+    base = json.loads(capsys.readouterr().out)["base"]
+    assert base["runtime"] == "onnxruntime-int8" and base["format"] == "onnx-int8"
+    assert "int8 QDQ" in base["latency_runtime"]
+    feats = cpu_features()
+    assert base["cpu_features"] == (list(feats) if feats is not None else None)
+
+
 def test_bad_set_exits_2(tiny_space_file, capsys):
     assert main(["inspect", str(tiny_space_file), "--set", "data.val_size=0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --set: data.val_size:")
+    assert main(["inspect", str(tiny_space_file), "--set", "measure.runtime=tvm"]) == 2
+    assert "'torch', 'onnxruntime' or 'onnxruntime-int8'" in capsys.readouterr().err

@@ -245,13 +245,17 @@ class ConstraintsConfig(_Strict):
 
 
 class MeasureConfig(_Strict):
-    """How latency is measured: on the deployed model, fixed threads, median of many runs."""
+    """Where and how candidates are measured: the runtime's artifact, fixed threads, median
+    of many runs."""
 
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     runs: int = Field(30, ge=30)
     warmup: int = Field(5, ge=1)
-    runtime: Literal["torch", "onnxruntime"] = "torch"
+    #: where the candidates are deployed: both ``size_mib`` and ``latency_ms`` are of the
+    #: artifact ``export`` writes for it (torch: state_dict, onnxruntime: onnx,
+    #: onnxruntime-int8: onnx-int8, where blocks at <= 8 bits run int8 kernels)
+    runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
     #: the deployment target latency is timed on (independent of where training runs);
     #: ``cuda`` is timed with CUDA events after synchronising
     device: TargetDevice = "cpu"

@@ -21,8 +21,9 @@ def load(folder: str | os.PathLike[str], threads: int | None = None) -> nn.Modul
     """A ready model (eval mode) from an export folder, computing what the exported model does.
 
     ``state_dict``: the architecture rebuilt from ``recipe.yaml`` with the stored weights
-    (quantized ones dequantized); ``torchscript``: ``torch.jit.load``; ``onnx``: an
-    ``nn.Module`` running the file in onnxruntime (``threads`` intra-op threads). Inputs are
+    (quantized ones dequantized); ``torchscript``: ``torch.jit.load``; ``onnx`` and
+    ``onnx-int8``: an ``nn.Module`` running the file in onnxruntime (``threads`` intra-op
+    threads; int8 kernels for ``onnx-int8``). Inputs are
     float32 ``N x C x H x W`` images normalised with ``recipe.yaml``'s ``normalize``.
     """
     folder = Path(folder)
@@ -32,10 +33,10 @@ def load(folder: str | os.PathLike[str], threads: int | None = None) -> nn.Modul
         from searchcomp.deploy.torchscript import load_torchscript
 
         return load_torchscript(path)
-    if info["format"] == "onnx":
+    if info["format"] in ("onnx", "onnx-int8"):
         from searchcomp.deploy.onnx import OnnxModule
 
-        return OnnxModule(path, threads)
+        return OnnxModule(path, threads, int8=info["format"] == "onnx-int8")
     from searchcomp.deploy.packed import load_packed
 
     model = architecture(info)

@@ -58,8 +58,12 @@ def state_entries(model: nn.Module) -> Iterator[StateEntry]:
 
     Parametrized tensors appear once, under the plain key (``conv.weight``), instead of as
     ``conv.parametrizations.weight.original``; shared tensors appear under each key, as in a
-    normal state dict.
+    normal state dict. The ranges of simulated int8 activations
+    (:mod:`searchcomp.choices.actquant`) are training state, not part of the model: left out.
     """
+    from searchcomp.choices.actquant import activation_quantizers
+
+    simulated = tuple(f"{n}." for n in activation_quantizers(model))
     owners: dict[str, tuple[nn.Module, str, str]] = {}  # state-dict prefix -> owner, plain key
     for mname, m in model.named_modules():
         if parametrize.is_parametrized(m):
@@ -68,6 +72,8 @@ def state_entries(model: nn.Module) -> Iterator[StateEntry]:
                 owners[f"{dot}parametrizations.{n}."] = (m, n, dot + n)
     seen: set[str] = set()
     for key, t in model.state_dict(keep_vars=True).items():
+        if key.startswith(simulated):
+            continue
         owner = next((o for pre, o in owners.items() if key.startswith(pre)), None)
         if owner is None:
             yield StateEntry(key, t.detach(), _dtype_bits(t))
@@ -160,19 +166,22 @@ def unpack_state_dict(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def packed_bytes(model: nn.Module) -> bytes:
+    """The bytes of the compact file of ``model`` (``torch.save`` of :func:`pack_state_dict`,
+    serialized in memory): what :func:`save_packed` writes, byte for byte."""
+    buf = io.BytesIO()
+    torch.save(pack_state_dict(model), buf)
+    return buf.getvalue()
+
+
 def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
-    """Write the compact state dict of ``model`` to ``path`` (``torch.save``); return its bytes."""
-    torch.save(pack_state_dict(model), path)
-    return os.path.getsize(path)
+    """Write the compact state dict of ``model`` to ``path``; return its bytes."""
+    data = packed_bytes(model)
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
 
 
 def load_packed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a file written by :func:`save_packed` back into a plain float state dict."""
     return unpack_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-
-
-def packed_size_bytes(model: nn.Module) -> int:
-    """Size in bytes of the file :func:`save_packed` would write, computed in memory."""
-    buf = io.BytesIO()
-    torch.save(pack_state_dict(model), buf)
-    return buf.getbuffer().nbytes

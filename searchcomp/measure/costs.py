@@ -1,4 +1,4 @@
-"""Costs that follow from the model itself: parameters, MiB on disk, FLOPs.
+"""Costs that follow from the model itself: parameters, MiB of the shipped file, FLOPs.
 
 Every figure describes the model as deployed: quantized weights at their bit width, pruned
 channels gone (pruning is physical), no fake-quant ops on the forward path.
@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from searchcomp.choices.quant import materialize
-from searchcomp.deploy.packed import packed_nbytes, state_entries
 
 
 def count_params(model: nn.Module) -> int:
@@ -23,39 +22,21 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-#: what ``torch.save`` adds per stored tensor (zip entry, pickle record, alignment) beyond
-#: its key, and once per file; measured on torch 2.x: see tests/test_metrics.py
-RECORD_OVERHEAD_BYTES = 256
-FILE_OVERHEAD_BYTES = 1400
+def compute_size_mib(model: nn.Module, runtime: str = "torch",
+                     input_shape: tuple[int, ...] | None = None,
+                     calib: torch.Tensor | None = None) -> float:
+    """MiB of the artifact ``runtime`` ships for ``model``: the byte count of the file
+    ``export`` writes for it, serialized in memory in that format (no formula: the file's own
+    structure is counted as it is), / 2**20.
 
-
-def compute_size_mib(model: nn.Module) -> float:
-    """MiB of the model in the compact format of :mod:`searchcomp.deploy.packed`.
-
-    Sum over the state dict (parameters and persistent buffers, e.g. BN running statistics) of
-    ``numel * bits / 8``: float tensors at 32 bits (they are stored as float32 whatever the
-    training dtype), integer buffers at their dtype width, quantized weights at their bit width
-    (bit-packed below 8) plus their float32 per-channel scales and a small shape record. The
-    file format's own overhead (about 256 bytes per stored tensor) is included, so this
-    matches the :func:`~searchcomp.deploy.packed.save_packed` file within 2% even for models of a
-    few hundred KiB.
+    ``torch``: the compact state_dict of :mod:`searchcomp.deploy.packed` (quantized weights
+    bit-packed, float tensors as float32, BN statistics included); ``torchscript``,
+    ``onnxruntime``, ``onnxruntime-int8``: their model files (these need ``input_shape``;
+    the int8 one also ``calib``, the training images it calibrates its int8 blocks on).
     """
-    total = FILE_OVERHEAD_BYTES
-    seen: set[tuple] = set()
-    for e in state_entries(model):
-        if e.module is None:
-            t = e.tensor
-            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-            if t.numel() and ident in seen:  # tied tensors are stored once
-                continue
-            seen.add(ident)
-            total += e.tensor.numel() * e.bits // 8 + RECORD_OVERHEAD_BYTES + len(e.key)
-        else:
-            channels = e.tensor.shape[0] if e.tensor.dim() else 1
-            total += packed_nbytes(e.tensor.numel(), e.bits) + 4 * channels
-            total += 4 * (1 + e.tensor.dim())  # the qinfo record: bits and shape
-            total += 3 * (RECORD_OVERHEAD_BYTES + len(e.key)) + 12  # codes, scale, qinfo
-    return total / 2**20
+    from searchcomp.deploy.runtime import get_runtime
+
+    return len(get_runtime(runtime).artifact(model, input_shape, calib)) / 2**20
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...],

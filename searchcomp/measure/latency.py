@@ -1,25 +1,26 @@
-"""Latency measured, not assumed: median of many timed runs of the model as deployed, at a
-fixed thread count, in a named runtime."""
+"""Latency measured, not assumed: median of many timed runs of the artifact a runtime
+ships (:mod:`searchcomp.deploy.runtime`), at a fixed thread count, recorded with the runtime
+and the CPU features that decide int8 speed."""
 
 from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from searchcomp.deploy.runtime import threads_label, torch_label, torch_threads
+from searchcomp.deploy.cpu import cpu_features
+from searchcomp.deploy.runtime import RUNTIMES as _RUNTIMES
+from searchcomp.deploy.runtime import get_runtime, runtime_of_format
 
 MIN_RUNS = 30
-Runtime = Literal["torch", "onnxruntime"]
-RUNTIMES = ("torch", "onnxruntime")
+#: the names ``measure.runtime`` takes
+RUNTIMES = tuple(_RUNTIMES)
 
 
 @dataclass
@@ -27,11 +28,14 @@ class Latency:
     """A latency measurement and exactly what it was measured on, so numbers stay comparable."""
 
     median_ms: float  # median over ``runs`` timed forward passes
-    runtime: str  # e.g. "torch 2.14.1 eager, cpu, float32, 2 threads"
+    #: e.g. "onnxruntime 1.22.0 CPUExecutionProvider, float, 1 thread; cpu avx2 avx512_vnni"
+    runtime: str
     runs: int
     batch_size: int
     threads: int
     p90_ms: float
+    #: the int8-relevant CPU features of the machine (None where they cannot be read)
+    cpu_features: tuple[str, ...] | None = field(default_factory=cpu_features)
 
 
 def time_runs(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -65,51 +69,55 @@ def _check(batch_size: int, warmup: int, threads: int, runtime: str) -> None:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    get_runtime(runtime)  # unknown: ValueError naming the known ones
+
+
+def _example(batch_size: int, input_shape: tuple[int, ...]) -> Tensor:
+    return torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
                  threads: int | None = None, runs: int = MIN_RUNS, warmup: int = 5,
-                 runtime: Runtime = "torch", deployed: nn.Module | None = None,
+                 runtime: str = "torch", calib: Tensor | None = None,
+                 artifact: bytes | None = None, deployed: nn.Module | None = None,
                  device: torch.device | str = "cpu") -> Latency:
-    """Median wall-clock latency of ``model`` as deployed, on ``device`` (the deployment
-    target, default the CPU at ``threads`` threads; wherever the model was trained).
+    """Median wall-clock latency of ``model`` as ``runtime`` ships it, on ``device`` (the
+    deployment target, default the CPU at ``threads`` threads; wherever the model was
+    trained).
 
-    ``"torch"``: the materialized model (fake quantization folded into float weights; pruned
-    channels are already gone) in eval mode under ``inference_mode``. ``"onnxruntime"``: the
-    ONNX artifact ``export --format onnx`` writes (integer weights), run by onnxruntime's
-    CPUExecutionProvider. ``input_shape`` excludes the batch dimension. Fewer than 30 runs
-    make the median too noisy to compare candidates, so ``runs`` is raised to at least 30.
+    The artifact ``export`` would write for the runtime (``artifact``, if already made, else
+    made here; ``calib``: training images, for ``onnxruntime-int8``) is loaded and run:
+    ``torch`` the compact state_dict in the eager architecture, ``torchscript`` the traced
+    module, ``onnxruntime`` the ONNX file with float kernels, ``onnxruntime-int8`` the int8
+    ONNX file. ``input_shape`` excludes the batch dimension. Fewer than 30 runs make the
+    median too noisy to compare candidates, so ``runs`` is raised to at least 30.
     ``threads`` defaults to ``torch.get_num_threads()``; torch's count is restored after.
-    ``deployed``: ``materialize(model)``, if the caller already has it (it is moved to
-    ``device``). On a CUDA device each run is timed with CUDA events after synchronising.
+    ``deployed``: ``materialize(model)``, if at hand (the torch runtime loads its state_dict
+    into a copy of that architecture). Only the torch runtime runs on a device other than
+    the CPU; on a CUDA device each run is timed with CUDA events after synchronising.
     """
     runs = max(int(runs), MIN_RUNS)
     device = torch.device(device)
     threads = int(threads) if threads is not None else torch.get_num_threads()
     _check(batch_size, warmup, threads, runtime)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *input_shape, generator=gen)
-    if runtime == "onnxruntime":
-        times, name = _onnxruntime_times(model, x, threads, runs, warmup)
-    else:
-        if deployed is None:
-            from searchcomp.choices.quant import materialize
-
-            deployed = materialize(model)
-        m = deployed.to(device).eval()
-        dtype = _float_dtype(m)
-        x = x.to(device, dtype)
-        with torch_threads(threads), torch.inference_mode():
-            if device.type == "cuda":
-                times = _cuda_times(lambda: m(x), device, runs, warmup)
-            elif device.type == "cpu":
-                times = time_runs(lambda: m(x), runs, warmup)
-            else:  # kernels are queued: wait for each run to finish
-                times = _synced_times(lambda: m(x), device, runs, warmup)
-        name = torch_label("eager", threads, dtype, device=_device_label(device))
-    return Latency(statistics.median(times), name, runs, batch_size, threads, _p90(times))
+    rt = get_runtime(runtime)
+    if device.type != "cpu" and runtime != "torch":
+        raise ValueError(f"runtime {runtime} is timed on the CPU here; device {device} needs "
+                         "runtime torch")
+    if artifact is None:
+        artifact = rt.artifact(model, input_shape, calib)
+    run = rt.runner(artifact, _example(batch_size, input_shape), threads,
+                    deployed if deployed is not None else model, device=device)
+    with rt.running(threads):
+        if device.type == "cuda":
+            times = _cuda_times(run, device, runs, warmup)
+        elif device.type == "cpu":
+            times = time_runs(run, runs, warmup)
+        else:  # kernels are queued: wait for each run to finish
+            times = _synced_times(run, device, runs, warmup)
+    return Latency(statistics.median(times),
+                   rt.label(threads, _float_dtype(model), device=_device_label(device)), runs,
+                   batch_size, threads, _p90(times))
 
 
 def _cuda_times(fn: Callable[[], object], device: torch.device, runs: int,
@@ -148,48 +156,28 @@ def _device_label(device: torch.device) -> str:
     return str(device)
 
 
-def _onnxruntime_times(model: nn.Module, x: torch.Tensor, threads: int, runs: int,
-                       warmup: int) -> tuple[list[float], str]:
-    from searchcomp.deploy.integer import integer_model
-    from searchcomp.deploy.onnx import export_onnx, runtime_name, session
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(integer_model(model), x[:1].float(), path)
-        sess = session(path, threads)
-    feed = {sess.get_inputs()[0].name: x.float().numpy()}
-    times = time_runs(lambda: sess.run(None, feed), runs, warmup)
-    return times, f"{runtime_name()}, {threads_label(threads)}"
-
-
 def time_artifact(folder: str | os.PathLike[str], *, batch_size: int = 1, threads: int = 1,
                   runs: int = MIN_RUNS, warmup: int = 5,
                   loaded: nn.Module | None = None) -> Latency:
-    """Latency of an export folder in its own runtime (torch eager, TorchScript or
-    onnxruntime). ``loaded``: the torch formats' ``load`` result, if already at hand (ONNX
-    gets a session with ``threads`` threads)."""
+    """Latency of an export folder's model file, run by the runtime of its format.
+    ``loaded``: the folder's ``load`` result, if already at hand (a ``state_dict`` file is
+    loaded into that architecture)."""
     from searchcomp.deploy.formats import read_info
 
     folder = Path(folder)
     info = read_info(folder)
+    rt = runtime_of_format(info["format"])
     runs = max(int(runs), MIN_RUNS)
-    _check(batch_size, warmup, threads, "torch")
-    x = torch.randn(batch_size, *info["input_shape"], generator=torch.Generator().manual_seed(0))
-    if info["format"] == "onnx":
-        from searchcomp.deploy.onnx import runtime_name, session
-
-        sess = session(folder / info["file"], threads)
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-        times = time_runs(lambda: sess.run(None, feed), runs, warmup)
-        name = f"{runtime_name()}, {threads_label(threads)}"
-    else:
+    _check(batch_size, warmup, threads, rt.name)
+    model = loaded
+    if model is None and rt.format == "state_dict":
         from searchcomp.deploy.load import load
 
-        m = loaded if loaded is not None else load(folder)
-        kind = "TorchScript" if info["format"] == "torchscript" else "eager"
-        # TorchScript's profiling executor settles in the first runs
-        warm = max(warmup, 3 if kind == "TorchScript" else 0)
-        with torch_threads(threads), torch.no_grad():
-            times = time_runs(lambda: m(x), runs, warm)
-        name = torch_label(kind, threads)
-    return Latency(statistics.median(times), name, runs, batch_size, threads, _p90(times))
+        model = load(folder)
+    run = rt.runner((folder / info["file"]).read_bytes(),
+                    _example(batch_size, tuple(info["input_shape"])), threads, model)
+    with rt.running(threads):
+        times = time_runs(run, runs, warmup)
+    dtype = _float_dtype(model) if model is not None else torch.float32
+    return Latency(statistics.median(times), rt.label(threads, dtype), runs, batch_size,
+                   threads, _p90(times))

@@ -23,21 +23,26 @@ from optuna.trial import TrialState
 from torch import nn
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.choices.actquant import INPUT, OUTPUT, calibrate_activations
 from searchcomp.choices.quant import quantized_tensors
 from searchcomp.config import Space
 from searchcomp.deploy.formats import DEQUANT, FORMATS, write_artifact
 from searchcomp.deploy.load import load
+from searchcomp.deploy.runtime import get_runtime, runtime_of_format
 from searchcomp.errors import SearchcompError
-from searchcomp.measure import MIN_RUNS, compute_size_mib, count_params, time_artifact
+from searchcomp.measure import MIN_RUNS, count_params, time_artifact
 from searchcomp.models import input_shape
 from searchcomp.search.study import SKIPPED, STOPPED_REASON
 from searchcomp.train import evaluate, finetune
 
-#: outputs of the exported file may differ from the trial model's by float reordering only
+#: outputs of a float exported file may differ from the trial model's by float reordering only
 MATCH_ATOL = 1e-3
+#: a trial's validation accuracy and its file's on the same split further apart than this
+#: (0.5 pt) are flagged on the card: the search's figure would not describe the file
+ACCURACY_GAP = 0.005
 
 
-def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str = "state_dict",
+def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str | None = None,
                  finetune_epochs: float = 0, storage: str | None = None,
                  study_name: str | None = None, log: Callable[[str], None] = print,
                  progress: bool = False, device: str | None = None) -> dict[str, Any]:
@@ -45,11 +50,14 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
 
     Everything is written into a temporary folder next to ``out`` and renamed at the end,
     so ``out`` either holds a complete export or does not exist. Returns the model card.
+    ``fmt`` defaults to the artifact of the runtime the trial was measured in
+    (``measure.runtime``: torch -> state_dict, torchscript -> torchscript, onnxruntime ->
+    onnx, onnxruntime-int8 -> onnx-int8), so the export is what the front showed.
     Raises :class:`SearchcompError` for an unknown format, an ``out`` that exists, an
     unknown trial or one that did not complete. Fine-tuning runs on ``device`` (default: the
     space's); the artifact is written, checked and measured from the CPU.
     """
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise SearchcompError(f"--format: unknown format {fmt!r}; use one of "
                               f"{', '.join(FORMATS)}")
     if finetune_epochs < 0:
@@ -63,6 +71,7 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     name = study_name or space.name
     frozen = _completed_trial(open_study(space, storage=storage, study_name=name,
                                          load_only=True), trial, name)
+    fmt = fmt or get_runtime(_trial_runtime(space, frozen)).format
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +95,15 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {e['test_accuracy']:.4f} "
         f"(base {b['test_accuracy']:.4f}), {e['file_mib']:.3f} MiB (base {b['file_mib']:.3f}), "
         f"{e['latency_ms']:.2f} ms (base {b['latency_ms']:.2f}) on {e['runtime']}")
+    if card["accuracy_gap_flag"]:
+        log(f"warning: {card['accuracy_gap_note']}")
     return card
+
+
+def _trial_runtime(space: Space, frozen) -> str:
+    """The runtime a trial was measured in (trials from before runtimes were recorded: the
+    space's)."""
+    return str(frozen.user_attrs.get("runtime") or space.measure.runtime)
 
 
 def _completed_trial(study, number: int, name: str):
@@ -122,12 +139,13 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
     recipe = Recipe.from_dict(a["recipe"])
     seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
     weights = _weights_file(a.get("weights"), ctx.weights_dir)
+    runtime = runtime_of_format(fmt)
     torch.manual_seed(seed)
     # with stored weights to load, the replacements need their shapes, not their init
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=weights is None)
+                  init=weights is None, int8=runtime.int8)
     model = built.model
     if weights is None:
         log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "
@@ -135,13 +153,10 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
         finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val,
                  space.finetune.model_copy(update={"min_accuracy": None}),
                  compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+        calibrate_activations(model, ctx.calib)
         source = f"missing ({a.get('weights')}): re-fine-tuned with seed {seed}"
     else:
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except Exception as e:
-            raise SearchcompError(f"trial {number}: {weights} does not fit the rebuilt "
-                                  f"candidate ({str(e).splitlines()[0]})") from None
+        _load_weights(model, weights, number, ctx.calib, log)
         source = str(weights)
     if epochs:
         log(f"trial {number}: fine-tuning {epochs:g} more epoch(s) before export")
@@ -149,11 +164,13 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
                                                 "min_accuracy": None})
         finetune(model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val, cfg,
                  compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+        calibrate_activations(model, ctx.calib)
     # the artifacts are written, loaded back and measured on the CPU
     cpu = torch.device("cpu")
     model.to(cpu).eval()
     ctx.base.to(cpu)
     ctx.splits = ctx.splits.on(cpu)
+    ctx.calib = ctx.calib.to(cpu)
     shape = input_shape(space.model)
     info = {"searchcomp": _version(), "format": fmt, "file": FORMATS[fmt], "study": study,
             "trial": number, "space": space.file, "model": space.model.model_dump(mode="json"),
@@ -165,30 +182,43 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
             "head_name": ctx.head_name, "resized": built.resized}
     probe = next(iter(ctx.splits.test))[0][:8]
     log(f"trial {number}: writing {fmt} and measuring it on the test split")
-    exported = _write_and_measure(model, info, folder, ctx, probe)
+    exported = _write_and_measure(model, info, folder, ctx, probe, runtime.int8)
     with tempfile.TemporaryDirectory(prefix="searchcomp-base-") as tmp:
         base_info = {**info, "trial": None, "recipe": Recipe().to_dict(), "resized": {},
                      "summary": Recipe().summary(ctx.block_names)}
         log("base: writing it the same way, for the comparison")
-        base = _write_and_measure(ctx.base, base_info, Path(tmp), ctx, probe)
-    exported.update(params=count_params(model), size_mib=compute_size_mib(model),
-                    val_accuracy=evaluate(model, ctx.splits.val))
-    base.update(params=count_params(ctx.base), size_mib=ctx.base_metrics["size_mib"],
-                val_accuracy=ctx.base_metrics["accuracy"])
-    trial_size = float(a.get("size_mib", compute_size_mib(model)))
+        base = _write_and_measure(ctx.base, base_info, Path(tmp), ctx, probe, runtime.int8)
+    exported.update(params=count_params(model), model_val_accuracy=evaluate(model, ctx.splits.val))
+    base.update(params=count_params(ctx.base), model_val_accuracy=ctx.base_metrics["accuracy"])
+    searched = {k: a.get(k) for k in ("accuracy", "params", "size_mib", "latency_ms",
+                                      "latency_runtime", "flops", "runtime", "cpu_features")}
+    searched["runtime"] = _trial_runtime(space, frozen)
+    same_artifact = get_runtime(searched["runtime"]).format == fmt
+    trial_size = float(a["size_mib"]) if a.get("size_mib") is not None else None
+    trial_acc = float(a["accuracy"]) if a.get("accuracy") is not None else None
+    gap = None if trial_acc is None else trial_acc - exported["val_accuracy"]
     bits: dict[str, int] = {}
     for _, _, b in quantized_tensors(model):
         bits[str(b)] = bits.get(str(b), 0) + 1
     card = {
         "study": study, "trial": number, "format": fmt, "file": FORMATS[fmt],
-        "runtime": exported["runtime"], "recipe": info["recipe"], "summary": info["summary"],
-        "exported": exported, "base": base,
-        "search": {k: a.get(k) for k in ("accuracy", "params", "size_mib", "latency_ms",
-                                         "latency_runtime", "flops")},
-        "size_mib_agreement": exported["file_mib"] / trial_size - 1.0,
+        "runtime": exported["runtime"], "runtime_name": runtime.name,
+        "recipe": info["recipe"], "summary": info["summary"],
+        "exported": exported, "base": base, "search": searched,
+        "same_artifact_as_search": same_artifact,
+        "size_mib_agreement": (exported["file_mib"] / trial_size - 1.0) if trial_size else None,
+        "accuracy_gap": gap, "accuracy_gap_limit": ACCURACY_GAP,
+        "accuracy_gap_flag": gap is not None and abs(gap) > ACCURACY_GAP + 1e-9,
+        "accuracy_gap_note": None if gap is None else (
+            f"the trial's validation accuracy {trial_acc:.4f} and the written file's "
+            f"{exported['val_accuracy']:.4f} on the same split differ by {100 * gap:+.2f} pt "
+            f"(more than {100 * ACCURACY_GAP:.1f} pt: the search's figure does not describe "
+            "this file)" if abs(gap) > ACCURACY_GAP + 1e-9 else
+            f"{100 * gap:+.2f} pt, within {100 * ACCURACY_GAP:.1f} pt"),
         "quantized_tensors": bits,
         "weights": source, "refinetuned": weights is None, "finetune_epochs": float(epochs),
         "test_split": {"dataset": space.data.dataset, "images": ctx.splits.test.size},
+        "val_split": {"images": ctx.splits.val.size},
         "measure": space.measure.model_dump(), "input": {"shape": list(shape),
                                                         "normalize": info["normalize"]},
         "searchcomp": info["searchcomp"],
@@ -196,6 +226,31 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (folder / "card.md").write_text(card_markdown(card))
     return card
+
+
+def _load_weights(model: nn.Module, weights: Path, number: int, calib: torch.Tensor,
+                  log: Callable[[str], None]) -> None:
+    """Load a trial's fine-tuned state. The simulated int8 ranges are the only keys allowed
+    to differ: a trial searched in another runtime has none (they are calibrated here) or
+    some the chosen format does not use (dropped)."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    simulated = (f".{INPUT}.", f".{OUTPUT}.")
+    state = {k: v for k, v in state.items()
+             if k in own or not any(s in f".{k}" for s in simulated)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except Exception as e:
+        raise SearchcompError(f"trial {number}: {weights} does not fit the rebuilt "
+                              f"candidate ({str(e).splitlines()[0]})") from None
+    wrong = unexpected + [k for k in missing if not any(s in f".{k}" for s in simulated)]
+    if wrong:
+        raise SearchcompError(f"trial {number}: {weights} does not fit the rebuilt candidate "
+                              f"(keys {wrong[:3]}{' ...' if len(wrong) > 3 else ''})")
+    if missing:
+        log(f"trial {number}: searched without simulated int8 activations; calibrating "
+            "them on the training images (the int8 file is then post-training quantized)")
+        calibrate_activations(model, calib)
 
 
 def _weights_file(stored: str | None, weights_dir: Path) -> Path | None:
@@ -209,45 +264,63 @@ def _weights_file(stored: str | None, weights_dir: Path) -> Path | None:
 
 
 def _write_and_measure(model: nn.Module, info: dict[str, Any], folder: Path, ctx,
-                       probe: torch.Tensor) -> dict[str, Any]:
-    """Write ``model`` as ``info`` says, load the file back, and measure what was loaded."""
-    path = write_artifact(model, info, folder)
+                       probe: torch.Tensor, int8: bool) -> dict[str, Any]:
+    """Write ``model`` as ``info`` says, load the file back, and measure what was loaded:
+    accuracy on the test and validation splits by running the file itself, its bytes, its
+    latency in its runtime. Float formats must compute what ``model`` computes (else: an
+    export bug); an int8 file rounds activations, which the accuracy gap measures."""
+    path = write_artifact(model, info, folder, calib=ctx.calib)
     loaded = load(folder)
     with torch.no_grad():
         want, got = model.eval()(probe), loaded(probe)
     diff = float((want - got).abs().max())
-    if not diff <= MATCH_ATOL * (1.0 + float(want.abs().max())):
+    if not int8 and not diff <= MATCH_ATOL * (1.0 + float(want.abs().max())):
         raise RuntimeError(f"the written {info['format']} model's outputs differ from the "
                            f"candidate's by {diff:.3g}: an export bug, please report it")
     mm = ctx.space.measure
     lat = time_artifact(folder, batch_size=mm.batch_size, threads=mm.threads, runs=mm.runs,
                         warmup=mm.warmup, loaded=loaded)
+    nbytes = path.stat().st_size
     return {"test_accuracy": evaluate(loaded, ctx.splits.test),
-            "file_mib": path.stat().st_size / 2**20, "latency_ms": lat.median_ms,
-            "runtime": lat.runtime, "max_abs_diff": diff}
+            "val_accuracy": evaluate(loaded, ctx.splits.val),
+            "file_bytes": nbytes, "file_mib": nbytes / 2**20, "latency_ms": lat.median_ms,
+            "runtime": lat.runtime,
+            "cpu_features": list(lat.cpu_features) if lat.cpu_features is not None else None,
+            "max_abs_diff": diff}
 
 
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as Markdown."""
     e, b, s, m = card["exported"], card["base"], card["search"], card["measure"]
     what = f"trial {card['trial']}"
-    rows = [("test accuracy", f"{e['test_accuracy']:.4f}", f"{b['test_accuracy']:.4f}"),
+    rows = [("test accuracy (the file)", f"{e['test_accuracy']:.4f}", f"{b['test_accuracy']:.4f}"),
+            ("validation accuracy (the file)", f"{e['val_accuracy']:.4f}",
+             f"{b['val_accuracy']:.4f}"),
             ("params", f"{e['params']:,}", f"{b['params']:,}"),
             (f"file MiB ({card['file']})", f"{e['file_mib']:.4f}", f"{b['file_mib']:.4f}"),
-            ("latency ms", f"{e['latency_ms']:.3f}", f"{b['latency_ms']:.3f}"),
-            ("validation accuracy", f"{e['val_accuracy']:.4f}", f"{b['val_accuracy']:.4f}")]
+            ("latency ms", f"{e['latency_ms']:.3f}", f"{b['latency_ms']:.3f}")]
+    if s.get("size_mib") is not None:
+        agreement = (f"The file is exactly the trial's size_mib ({e['file_bytes']:,} bytes)."
+                     if card["same_artifact_as_search"] and card["size_mib_agreement"] == 0
+                     else f"The file is {100 * card['size_mib_agreement']:+.2f}% off the "
+                          f"trial's size_mib ({s['runtime']} artifact).")
+        searched = (f"- Search-time figures of {what} ({s['runtime']}): validation accuracy "
+                    f"{s['accuracy']:.4f}, size_mib {s['size_mib']:.4f}, latency "
+                    f"{s['latency_ms']:.3f} ms ({s['latency_runtime']}). {agreement}")
+    else:
+        searched = f"- {what} has no search-time figures."
+    flag = "**Accuracy gap:** " if card["accuracy_gap_flag"] else "- Accuracy gap: "
     lines = [f"# {card['study']} {what} ({card['format']})", "",
              f"| | exported ({what}) | base |", "|---|---:|---:|",
              *[f"| {k} | {x} | {y} |" for k, x, y in rows], "",
-             f"- Test accuracy: the held-out split ({card['test_split']['images']} "
-             f"{card['test_split']['dataset']} images), measured on the written files.",
+             f"- Accuracies: measured by running the written files: the held-out test split "
+             f"({card['test_split']['images']} {card['test_split']['dataset']} images) and "
+             f"the validation split ({card['val_split']['images']} images) the search chose on.",
              f"- Latency: {card['runtime']}; batch {m['batch_size']}, median of "
              f"{max(m['runs'], MIN_RUNS)} runs after {m['warmup']} warm-up; the base was "
              f"written in the same format and measured the same way. {DEQUANT[card['format']]}",
-             f"- Search-time figures of {what}: validation accuracy {s['accuracy']:.4f}, "
-             f"size_mib {s['size_mib']:.4f}, latency {s['latency_ms']:.3f} ms "
-             f"({s['latency_runtime']}). "
-             f"The file is {100 * card['size_mib_agreement']:+.2f}% off size_mib.",
+             searched,
+             f"{flag}{card['accuracy_gap_note'] or 'no trial accuracy to compare'}.",
              f"- Weights: {card['weights']}"
              + (f"; then fine-tuned {card['finetune_epochs']:g} more epoch(s)"
                 if card["finetune_epochs"] else ""),

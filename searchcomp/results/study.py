@@ -62,6 +62,9 @@ class Results:
         c = self.counts()
         lines = [f"study {self.study}  ({self.storage})",
                  f"objectives: {arrows}",
+                 *([f"MiB and latency: the artifact of runtime {self.base['runtime']}; "
+                    f"latency by {self.base.get('latency_runtime')}"]
+                   if self.base.get("runtime") else []),
                  f"{len(self.rows)} trials: " + ", ".join(f"{v} {k}" for k, v in c.items())
                  + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}",
                  ""]

@@ -71,13 +71,17 @@ def measure_device(space: Space) -> torch.device:
         raise space.error("measure.device", str(e)) from None
 
 
-def measure_model(model: nn.Module, space: Space, device: torch.device) -> dict[str, Any]:
-    """Params, MiB, FLOPs and latency of ``model`` as the space measures them."""
+def measure_model(model: nn.Module, space: Space, device: torch.device,
+                  calib: torch.Tensor | None = None) -> dict[str, Any]:
+    """Params, MiB, FLOPs and latency of ``model`` as the space measures them, with what
+    measured them (``calib``: training images, for the ``onnxruntime-int8`` calibration)."""
     mm = space.measure
     met = measure(model, input_shape(space.model), batch_size=mm.batch_size, threads=mm.threads,
-                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime, device=device)
+                  runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime, device=device,
+                  calib=None if calib is None else calib.detach().cpu())
     return {"params": met.params, "size_mib": met.size_mib, "latency_ms": met.latency_ms,
-            "flops": met.flops, "latency_runtime": met.latency_runtime}
+            "flops": met.flops, "latency_runtime": met.latency_runtime, "runtime": met.runtime,
+            "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
 
 
 def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
@@ -115,7 +119,8 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     if known_base and known_base.get("key") == key and known_base.get("metrics"):
         base_metrics, measured = dict(known_base["metrics"]), False
     else:
-        base_metrics = {"accuracy": base.val_accuracy, **measure_model(base.model, space, mdev)}
+        base_metrics = {"accuracy": base.val_accuracy, **measure_model(base.model, space, mdev,
+                                                                       calib)}
         measured = True
     study_dir = Path(space.studies_dir) / (study_name or space.name)
     logits = None

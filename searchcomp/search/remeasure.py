@@ -28,6 +28,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.deploy.runtime import get_runtime
 from searchcomp.measure import measure
 from searchcomp.models import input_shape
 from searchcomp.search.front import pareto_front
@@ -73,7 +74,7 @@ def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[
     built = build(ctx.base, Recipe.from_dict(a["recipe"]), ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=False)
+                  init=False, int8=get_runtime(space.measure.runtime).int8)
     weights = Path(a.get("weights") or "")
     for p in (weights, ctx.weights_dir / weights.name):
         if weights.name and p.is_file():
@@ -88,7 +89,7 @@ def _time(ctx: TrialContext, model: torch.nn.Module) -> dict[str, Any]:
     mm = ctx.space.measure
     met = measure(model, input_shape(ctx.space.model), batch_size=mm.batch_size,
                   threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
-                  device=ctx.measure_device)
+                  device=ctx.measure_device, calib=ctx.calib.detach().cpu())
     return {"latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime,
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "worker": worker_name()}
 

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
+from searchcomp.deploy.runtime import get_runtime
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
 from searchcomp.search.locks import measuring
@@ -83,6 +85,8 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """
     space = ctx.space
+    mm = space.measure
+    int8 = get_runtime(mm.runtime).int8
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -95,19 +99,23 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     torch.manual_seed(seed)
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to)
+                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
+                  int8=int8)
     model = built.model
     lap("build")
     seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
     train = ctx.splits.train.reseeded(seed)  # each trial its own, reproducible, shuffling
     ft = finetune(model, ctx.base, train, ctx.splits.val, space.finetune, on_step=on_step,
                   compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+    # the int8 ranges of the fine-tuned weights, from the images the exporter calibrates on
+    calibrate_activations(model, ctx.calib)
     lap("finetune")
     accuracy = evaluate(model, ctx.splits.val, ctx.compute)
     lap("evaluate")
     model.to(ctx.measure_device)  # trained: from here on it is the model to deploy
     with measuring(ctx.weights_dir.parent):  # one latency measurement at a time per machine
-        metrics = {"accuracy": accuracy, **measure_model(model, space, ctx.measure_device)}
+        metrics = {"accuracy": accuracy, **measure_model(model, space, ctx.measure_device,
+                                                          ctx.calib)}
     lap("measure")
     weights = save_weights(model, ctx.weights_dir / f"{trial_id}.pt")
     lap("save")
