@@ -8,7 +8,10 @@ the model is built, and point at the same file and line.
 from searchcomp.config.loader import load_space, parse_override
 from searchcomp.config.schema import (
     CHOICES,
+    DATASETS,
     FLOAT_BITS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     KEEP,
     NEUTRAL,
     OBJECTIVES,
@@ -23,12 +26,14 @@ from searchcomp.config.schema import (
     FinetuneConfig,
     MeasureConfig,
     ModelConfig,
+    NormalizeStats,
     SearchConfig,
     Space,
     split_value,
 )
 
-__all__ = ["CHOICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "SAMPLERS", "SUPPORTED_BITS",
-           "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
-           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "SearchConfig",
+__all__ = ["CHOICES", "DATASETS", "FLOAT_BITS", "IMAGENET_MEAN", "IMAGENET_STD", "KEEP",
+           "NEUTRAL", "OBJECTIVES", "SAMPLERS", "SUPPORTED_BITS", "BaseSourceConfig",
+           "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig", "DistillConfig",
+           "FinetuneConfig", "MeasureConfig", "ModelConfig", "NormalizeStats", "SearchConfig",
            "Space", "load_space", "parse_override", "split_value"]

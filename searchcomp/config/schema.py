@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from searchcomp.config.fields import line_of, split_field
 from searchcomp.errors import SearchcompError, SpaceError
@@ -30,6 +31,8 @@ CHOICES = ("conv", "prune", "bits")
 KEEP = "keep"
 NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+#: ``small_input: auto`` gives a stride-1 stem up to this image size
+SMALL_INPUT_MAX = 64
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
 
@@ -49,6 +52,13 @@ def split_value(value: str) -> tuple[str, int | None]:
     return name, int(arg) if arg else None
 
 
+def _field_error(loc: tuple, value: Any, message: str) -> ValidationError:
+    """A validation error about the field at ``loc``, raised from a whole-space validator so
+    the message still points at that field's line."""
+    return ValidationError.from_exception_data("Space", [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=loc, input=value)])
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,8 +70,9 @@ class ModelConfig(_Strict):
     num_classes: int = Field(10, ge=2)
     in_channels: int = Field(3, ge=1)
     image_size: int = Field(32, ge=8, le=1024)
-    #: 3x3 stride-1 stem and no max-pool, as ResNets on CIFAR use
-    small_input: bool = True
+    #: stride-1 stem (ResNets: 3x3, no max-pool), as networks on CIFAR use; ``auto`` (resolved
+    #: by :class:`Space`) = true for image_size <= 64 when the base is trained here
+    small_input: bool | Literal["auto"] = "auto"
     #: extra keyword arguments for a factory (or the torchvision constructor)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -74,12 +85,38 @@ class ModelConfig(_Strict):
         return v
 
 
+#: per-channel statistics of ImageNet, which torchvision's pretrained weights expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("auto", "dataset", "imagenet")
+
+
+class NormalizeStats(_Strict):
+    """Explicit per-channel statistics (of images scaled to [0, 1])."""
+
+    mean: tuple[float, ...] = Field(min_length=1)
+    std: tuple[float, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be > 0, got {list(self.std)}")
+        return self
+
+
 class DataConfig(_Strict):
     """Which images, and the deterministic train / validation / test subsets drawn from them."""
 
-    dataset: Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder"]
-    #: where the files are (or are downloaded to); for ``folder``, the image folder itself
+    #: a built-in dataset (:data:`DATASETS`), or a factory ``pkg.mod:fn`` returning the train
+    #: and test ``torch.utils.data.Dataset``s
+    dataset: str
+    #: where the files are (or are downloaded to); for ``folder``, the image folder itself;
+    #: handed to a dataset factory that takes ``root``
     root: str | None = None
+    #: keyword arguments for a dataset factory
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     train_size: int = Field(5000, ge=1)
     val_size: int = Field(1000, ge=1)
     test_size: int = Field(2000, ge=1)
@@ -87,11 +124,40 @@ class DataConfig(_Strict):
     seed: int = 0
     #: fetch torchvision-format archives when they are missing (needs internet)
     download: bool = True
+    #: per-channel normalisation: ``auto`` (ImageNet statistics for a pretrained base, else
+    #: ``dataset``), ``dataset`` (of the training subset), ``imagenet``, or {mean, std}
+    normalize: Literal["auto", "dataset", "imagenet"] | NormalizeStats = "auto"
+    #: decode the subsets once and keep them in memory (``auto``: when they fit in
+    #: :data:`MEMORY_LIMIT_MIB`), or stream them from the dataset every epoch
+    in_memory: bool | Literal["auto"] = "auto"
+    #: DataLoader worker processes that decode streamed images; ``auto`` = CPUs - 1, at most 4
+    workers: int | Literal["auto"] = Field("auto")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if ":" in v:
+            if not _FACTORY.match(v):
+                raise ValueError(f"dataset factory {v!r} must look like 'package.module:function'")
+        elif v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; use one of {', '.join(DATASETS)}, or a "
+                             "factory 'package.module:function' returning train and test Datasets")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"workers must be >= 0 (0 = decode in the main process), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _root(self) -> DataConfig:
         if self.dataset == "folder" and not self.root:
             raise ValueError("dataset 'folder' needs 'root': the image folder path")
+        if self.kwargs and ":" not in self.dataset:
+            raise ValueError("kwargs are passed to a dataset factory 'package.module:function'; "
+                             f"{self.dataset!r} takes none")
         return self
 
 
@@ -106,6 +172,21 @@ class BaseSourceConfig(_Strict):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    #: training augmentation of the base: ``crop`` (random crop after padding by 1/8 of the
+    #: side) and ``flip`` (horizontal), the standard CIFAR recipe; the fine-tunes see none
+    augment: tuple[Literal["crop", "flip"], ...] = ()
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_once(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"values repeat: {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _path(self) -> BaseSourceConfig:
@@ -313,6 +394,41 @@ class Space(_Strict):
     _lines: dict[tuple, int] = {}
     _overridden: tuple[str, ...] = ()
     _args: tuple = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto(cls, data: Any) -> Any:
+        """Turn ``model.small_input: auto`` and ``data.normalize: auto`` into what they mean
+        for this base, so the cache key, the export and ``load`` all see the real value."""
+        if not isinstance(data, dict):
+            return data
+        model, dat, base = (data.get(k) or {} for k in ("model", "data", "base"))
+        source = base.get("source", "train") if isinstance(base, dict) else "train"
+        if not isinstance(model, dict) or not isinstance(source, str):
+            return data  # the field validators say what is wrong
+        small, size = model.get("small_input", "auto"), model.get("image_size", 32)
+        if small is True and source == "pretrained":
+            raise _field_error(("model", "small_input"), True,
+                               "true would replace the pretrained stem by an untrained "
+                               "stride-1 one (a ResNet's 7x7 filters cropped to 3x3); remove the "
+                               "line (auto keeps the pretrained stem) or set base.source: train")
+        if small == "auto" and isinstance(size, int):
+            data = {**data, "model": {**model, "small_input": size <= SMALL_INPUT_MAX
+                                      and source == "train"}}
+        if isinstance(dat, dict) and dat.get("normalize", "auto") == "auto":
+            data = {**data, "data": {**dat, "normalize":
+                                     "imagenet" if source == "pretrained" else "dataset"}}
+        return data
+
+    @model_validator(mode="after")
+    def _normalize_channels(self) -> Space:
+        stats = self.data.normalize
+        c = self.model.in_channels
+        if isinstance(stats, NormalizeStats) and len(stats.mean) not in (1, c):
+            raise _field_error(("data", "normalize"), stats.model_dump(),
+                               f"gives {len(stats.mean)} mean/std values for {c}-channel "
+                               f"images; give {c} (or 1 for all channels)")
+        return self
 
     @field_validator("objectives")
     @classmethod

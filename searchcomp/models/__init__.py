@@ -1,17 +1,22 @@
-"""The network: built from the space (torchvision or a user factory), its searchable blocks,
-and the trained base every candidate starts from."""
+"""The network: built from the space (torchvision or a user factory), its searchable blocks
+(residual, inverted residual or plain; :mod:`.families`), and the trained base every
+candidate starts from."""
 
 from searchcomp.models.base import Base, cache_path, obtain_base
-from searchcomp.models.blocks import Block, find_blocks, find_head, space_size, spatial_convs
+from searchcomp.models.blocks import Block, describe_head, find_blocks, find_head, space_size
 from searchcomp.models.factory import (
     build_model,
     check_forward,
+    first_conv,
+    head_candidates,
     input_shape,
     last_linear,
     load_checkpoint,
     set_submodule,
 )
+from searchcomp.models.families import auto_blocks, conv_targets, family_of
 
-__all__ = ["Base", "Block", "build_model", "cache_path", "check_forward", "find_blocks",
-           "find_head", "input_shape", "last_linear", "load_checkpoint", "obtain_base",
-           "set_submodule", "space_size", "spatial_convs"]
+__all__ = ["Base", "Block", "auto_blocks", "build_model", "cache_path", "check_forward",
+           "conv_targets", "describe_head", "family_of", "find_blocks", "find_head",
+           "first_conv", "head_candidates", "input_shape", "last_linear", "load_checkpoint",
+           "obtain_base", "set_submodule", "space_size"]

@@ -82,7 +82,7 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     splits = load_splits(space.data, space.model)
     base = obtain_base(space, splits, progress=progress, log=log)
     blocks = find_blocks(base.model, space)
-    head_name, _ = find_head(base.model, space)
+    head_name, _ = find_head(base.model, space, blocks)
     n_calib = space.finetune.calib_batches
     grad_batches = []
     # a fresh copy: the base's training advanced the shared one's epoch (cached or not)
