@@ -40,7 +40,8 @@ def test_inspect_with_set_and_quick(tiny_space_file, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["blocks"][0]["choices"]["bits"] == [32, 8, 4]
     assert out["space_size"] == (3 * 2 * 3) ** 8 * 2
-    assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]}}
+    assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]},
+                           "candidates": ["fc Linear 512->10 (head)"]}
 
 
 def test_bad_set_exits_2(tiny_space_file, capsys):
