@@ -269,9 +269,11 @@ def _prune_errors(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.
                         if "in" in v and not all(src.startswith(n + ".") or src == n
                                                  for src in v["in_from"])), [])
         if gone_in:
-            keep = [i for i in range(x.shape[1]) if i not in set(gone_in)]
-            x = x[:, keep]
-        y = model.get_submodule(n)(x)
+            x = x[:, [i for i in range(x.shape[1]) if i not in set(gone_in)]]
+        try:
+            y = model.get_submodule(n)(x)
+        except RuntimeError:
+            continue  # inputs that do not map back: no figure rather than a wrong one
         if y.shape != ref.shape:
             gone_out = next((v["out"] for v in inside.values() if "out" in v
                              and len(v["out"]) == ref.shape[1] - y.shape[1]), None)

@@ -53,7 +53,11 @@ class Subset(Dataset):
         x = self.transform(img)
         if self.augment is not None:
             x = self.augment(x)
-        y = int(label)
+        try:
+            y = int(label)
+        except (TypeError, ValueError, RuntimeError):
+            raise field_error("data.dataset", f"item {j}'s label is {label!r}; labels must be "
+                              "class indices (an int)") from None
         if not 0 <= y < self.num_classes:
             raise field_error("model.num_classes", f"is {self.num_classes} but item {j} of the "
                          f"dataset has label {y}")

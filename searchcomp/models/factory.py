@@ -11,6 +11,7 @@ from torch import nn
 
 from searchcomp.config import ModelConfig
 from searchcomp.config.factories import import_factory
+from searchcomp.config.inputs import SMALL_INPUT_MAX
 from searchcomp.errors import SearchcompError
 
 
@@ -24,8 +25,6 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     a space means: for images up to 64 px, unless ``pretrained``.
     """
     if cfg.small_input == "auto":
-        from searchcomp.config.schema import SMALL_INPUT_MAX
-
         cfg = cfg.model_copy(update={"small_input": cfg.image_size <= SMALL_INPUT_MAX
                                      and not pretrained})
     if ":" in cfg.arch:
