@@ -143,12 +143,13 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
 
         sizes = layer_sizes(model)
         before = _block_io(model, calib[:ERROR_IMAGES], list(ratios))
-        round_to = {b: math.lcm(prune_round_to, choices.channel_multiple(recipe.choice(b, "conv")))
+        round_to = {b: prune_multiple(by_name[b], recipe, blocks, head_name, prune_round_to)
                     for b in ratios}
+        removed: dict[str, dict[str, Any]] = {}
         pruned = prune_blocks(model, ratios, calib[:1], criterion=prune_criterion,
-                              grad_batches=grad_batches, round_to=round_to)
+                              grad_batches=grad_batches, round_to=round_to, removed=removed)
         resized = {n: s for n, s in layer_sizes(model).items() if sizes.get(n) != s}
-        init_errors.update(_block_errors(model, before, "prune"))
+        init_errors.update(_prune_errors(model, before, removed))
     seconds["prune"], clock = time.perf_counter() - clock, time.perf_counter()
 
     targets = _targets(recipe, blocks, head_name)
@@ -158,7 +159,7 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
             layer = model.get_submodule(layer_name)
             name, arg = choices.parse_value(value, target)
             c = choices.get(name, target)
-            why = c.check(layer, arg)
+            why = c.reason(layer, arg)
             if why:
                 raise ChoiceError(f"{value} cannot apply to {layer_name}"
                                   f"{' after pruning' if ratios else ''}: {why}")
@@ -185,6 +186,24 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
                 init_errors.update(_block_errors(model, before, "int8"))
     seconds["quantize"] = time.perf_counter() - clock
     return Built(model.eval(), init_errors, pruned, resized, seconds)
+
+
+def prune_multiple(block: Block, recipe: Recipe, blocks: list[Block], head_name: str,
+                   round_to: int = 1) -> int:
+    """What pruning ``block`` keeps channel counts at multiples of: ``round_to`` and the
+    channel multiple of every replacement in ``recipe`` on a layer this pruning shrinks (the
+    block's own convs, and in a plain CNN the next block's conv or the head)."""
+    owner = {conv: b.name for b in blocks for conv in b.convs}
+    touched = set(block.pruning) | {c for cs in block.pruning.values() for c in cs}
+    if not block.pruning:  # (a hand-made Block) its own convs at least
+        touched = set(block.convs)
+    out = math.lcm(round_to, choices.channel_multiple(recipe.choice(block.name, "conv")))
+    for layer in touched:
+        if layer in owner:
+            out = math.lcm(out, choices.channel_multiple(recipe.choice(owner[layer], "conv")))
+        elif layer == head_name and recipe.head != KEEP:
+            out = math.lcm(out, choices.channel_multiple(recipe.head, "head"))
+    return out
 
 
 def _targets(recipe: Recipe, blocks: list[Block], head_name: str
@@ -255,6 +274,38 @@ def _block_io(model: nn.Module, x: torch.Tensor, names: list[str]
     """Each named block's (input, output) when ``model`` runs on ``x``."""
     inputs = _capture_inputs(model, x, names)
     return {n: (inputs[n], model.get_submodule(n)(inputs[n])) for n in names}
+
+
+@torch.no_grad()
+def _prune_errors(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  removed: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Relative output error of each pruned block on the same inputs as before, keyed
+    ``<block>:prune``. A plain CNN's block also loses output channels and inputs (the previous
+    block's pruned filters): the lost inputs are dropped from the same inputs, and the lost
+    outputs count as zeros, so the error is what the next layer no longer receives."""
+    model.eval()
+    out = {}
+    for n, (x, ref) in before.items():
+        inside = {k: v for k, v in removed.items() if k == n or k.startswith(n + ".")}
+        gone_in = next((v["in"] for v in inside.values()
+                        if "in" in v and not all(src.startswith(n + ".") or src == n
+                                                 for src in v["in_from"])), [])
+        if gone_in:
+            x = x[:, [i for i in range(x.shape[1]) if i not in set(gone_in)]]
+        try:
+            y = model.get_submodule(n)(x)
+        except RuntimeError:
+            continue  # inputs that do not map back: no figure rather than a wrong one
+        if y.shape != ref.shape:
+            gone_out = next((v["out"] for v in inside.values() if "out" in v
+                             and len(v["out"]) == ref.shape[1] - y.shape[1]), None)
+            if gone_out is None:
+                continue  # cannot tell which channels went: no figure rather than a wrong one
+            full = torch.zeros_like(ref)
+            full[:, [i for i in range(ref.shape[1]) if i not in set(gone_out)]] = y
+            y = full
+        out[f"{n}:prune"] = relative_error(ref, y)
+    return out
 
 
 @torch.no_grad()

@@ -8,7 +8,15 @@ from typing import Any
 
 from searchcomp.config import Space
 from searchcomp.deploy.cpu import features_label
-from searchcomp.models import Block, check_inputs, input_shape, space_size
+from searchcomp.models import (
+    Block,
+    check_inputs,
+    describe_head,
+    first_conv,
+    head_candidates,
+    input_shape,
+    space_size,
+)
 
 
 @dataclass
@@ -21,6 +29,10 @@ class Overview:
     head_values: tuple[str, ...]
     space_size: int
     base: dict[str, Any]
+    #: every layer a head choice could replace, with its shape, e.g. ``fc Linear 512->10``
+    heads: tuple[str, ...] = ()
+    #: the stride of a torchvision model's stem (``stride-1`` with ``small_input``)
+    stem: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The object ``inspect --json`` prints."""
@@ -28,9 +40,12 @@ class Overview:
             "space": self.space.file,
             "study": self.space.name,
             "model": self.space.model.arch,
-            "blocks": [{"name": b.name, "convs": list(b.convs), "choices": b.values()}
+            "blocks": [{"name": b.name, "family": b.family, "convs": list(b.convs),
+                        "choices": b.values(), "left_out": dict(b.dropped)}
                        for b in self.blocks],
-            "head": {"name": self.head_name, "choices": {"head": list(self.head_values)}},
+            "head": {"name": self.head_name, "choices": {"head": list(self.head_values)},
+                     "candidates": list(self.heads)},
+            "normalize": _normalize_text(self.space),
             "space_size": self.space_size,
             "base": self.base,
         }
@@ -38,23 +53,27 @@ class Overview:
     def to_text(self) -> str:
         """A readable table."""
         s, m = self.space, self.space.model
-        stem = ", small-input stem" if m.small_input else ""
+        stem = f", {self.stem} stem" if self.stem else ""
         lines = [f"space  {s.file}  (study {s.name})",
                  f"model  {m.arch}, {m.num_classes} classes, input {m.in_channels}x"
                  f"{m.image_size}x{m.image_size}{stem}",
                  f"data   {s.data.dataset}: train {s.data.train_size}, val {s.data.val_size}, "
-                 f"test {s.data.test_size} (held out)",
+                 f"test {s.data.test_size} (held out); normalised with "
+                 f"{_normalize_text(s)}",
                  "", f"blocks ({len(self.blocks)})"]
-        rows = [("name", "convs", "conv", "prune", "bits")]
+        rows = [("name", "family", "convs", "conv", "prune", "bits")]
         for b in self.blocks:
             v = b.values()
-            rows.append((b.name, ",".join(c.rsplit(".", 1)[-1] for c in b.convs) or "-",
+            rows.append((b.name, b.family,
+                         ",".join(c[len(b.name) + 1:] or "self" for c in b.convs) or "-",
                          " ".join(v["conv"]), " ".join(f"{r:g}" for r in v["prune"]),
                          " ".join(map(str, v["bits"]))))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        lines += _left_out(self.blocks)
         lines += [f"head   {self.head_name}: {' '.join(self.head_values)}",
+                  f"       candidates: {', '.join(self.heads)}",
                   f"space  {self.space_size:,} candidates ({self.space_size:.3g})", ""]
         b = self.base
         lines.append(f"base   params {b['params']:,}   size {b['size_mib']:.2f} MiB   "
@@ -70,12 +89,34 @@ class Overview:
         return "\n".join(lines)
 
 
+def _normalize_text(space: Space) -> str:
+    norm = space.data.normalize
+    if isinstance(norm, str):
+        return f"{norm} statistics"
+    return f"mean {list(norm.mean)} std {list(norm.std)}"
+
+
+def _left_out(blocks: list[Block]) -> list[str]:
+    """One line per default value some blocks left out: which blocks, and the first reason."""
+    by_value: dict[str, list[Block]] = {}
+    for b in blocks:
+        for value in b.dropped:
+            by_value.setdefault(value, []).append(b)
+    lines = []
+    for value, bs in by_value.items():
+        names = ", ".join(b.name for b in bs[:4]) + (f" (+{len(bs) - 4})" if len(bs) > 4 else "")
+        lines.append(f"  left out: {value} on {names}: {bs[0].dropped[value]}")
+    return lines
+
+
 def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -> Overview:
     """Check every input (the files the space names too), build the base architecture (fresh
     weights: sizes and latency do not depend on them), find and check the blocks, and measure
     the base model. Trains and downloads nothing."""
     arch = check_inputs(space)
     model, blocks, head_name = arch.model, arch.blocks, arch.head_name
+    heads = tuple(describe_head(n, m) + (" (head)" if n == head_name else "")
+                  for n, m in head_candidates(model))
 
     from searchcomp.deploy.cpu import cpu_model
     from searchcomp.deploy.runtime import get_runtime
@@ -95,4 +136,14 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
             "cpu_model": cpu_model(),
             "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
     return Overview(space, blocks, head_name, space.blocks.head,
-                    space_size(blocks, space.blocks.head), base)
+                    space_size(blocks, space.blocks.head), base, heads, _stem(model, space))
+
+
+def _stem(model, space: Space) -> str:
+    """What stem the torchvision model got (a factory model keeps its own: empty)."""
+    if ":" in space.model.arch:
+        return ""
+    found = first_conv(model)
+    if found is None:
+        return ""
+    return f"stride-{found[1].stride[0]}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from searchcomp.config import load_space
 from searchcomp.data import load_splits
+from searchcomp.errors import SearchcompError
 from searchcomp.models.base import cache_path, obtain_base
 
 
@@ -38,7 +40,12 @@ def test_checkpoint_source(tiny_space_file, tmp_path):
 
     m = build_model(space.model)
     torch.save(m.state_dict(), tmp_path / "w.pt")
-    space = load_space(tiny_space_file, ["base.source=checkpoint", f"base.path={tmp_path}/w.pt"])
+    ck = ["base.source=checkpoint", f"base.path={tmp_path}/w.pt"]
+    space = load_space(tiny_space_file, ck)
+    # a checkpoint keeps the standard stem unless told: this one has the small-input stem
+    with pytest.raises(SearchcompError, match="small_input: true if the checkpoint"):
+        obtain_base(space, load_splits(space.data, space.model), log=lambda s: None)
+    space = load_space(tiny_space_file, [*ck, "model.small_input=true"])
     base = obtain_base(space, load_splits(space.data, space.model), log=lambda s: None)
     assert base.source == "checkpoint"
     assert torch.equal(base.model.fc.weight, m.fc.weight)

@@ -52,28 +52,28 @@ def test_glob_selection_on_a_factory_model(tmp_path):
     text = TINY_SPACE.replace("arch: resnet18", "arch: tests.tiny_factory:tiny_cnn").replace(
         "  default:", "  select: ['0', '1']\n  per_block:\n    '0': {conv: [keep]}\n  default:"
     ).replace("meta:4]", "meta:8]")
-    # in this plain CNN every conv feeds the next block: nothing is prunable inside a block
-    with pytest.raises(SpaceError, match="block 0 has no conv whose filters can be removed"):
-        s = _space(tmp_path, text)
-        find_blocks(build_model(s.model), s)
-    text = text.replace("prune: [0.0, 0.5]", "prune: [0.0]")
     s = _space(tmp_path, text)
     m = build_model(s.model)
     blocks = find_blocks(m, s)
     assert [b.name for b in blocks] == ["0", "1"]
     assert blocks[1].convs == ("1.0",)
-    assert find_head(m, s)[0] == "4"
-    # meta:8 cannot split the 1-channel input of block 0: the message says so
-    bad = _space(tmp_path, text.replace("    '0': {conv: [keep]}\n", "    '1': {bits: [8]}\n"))
+    # a plain CNN: a block's filters go with the next layer's inputs (the next block's conv,
+    # then the classifier after the pooling)
+    assert blocks[0].pruning == {"0.0": ("1.0",)} and blocks[1].pruning == {"1.0": ("4",)}
+    assert find_head(m, s, blocks)[0] == "4"
+    # meta:8 cannot split the 1-channel input of block 0: asked for there, it is an error
+    bad = _space(tmp_path, text.replace("'0': {conv: [keep]}", "'0': {conv: [keep, meta:8]}"))
     with pytest.raises(SpaceError, match="meta:8 cannot apply to 0.0: .*1 input"):
         find_blocks(build_model(bad.model), bad)
 
 
-def test_auto_on_non_residual_model_asks_for_globs(tmp_path):
+def test_auto_on_a_plain_cnn_makes_every_conv_a_block(tmp_path):
     s = _space(tmp_path, TINY_SPACE.replace("arch: resnet18", "arch: tests.tiny_factory:tiny_cnn"))
-    with pytest.raises(SpaceError, match="no residual blocks") as e:
-        find_blocks(build_model(s.model), s)
-    assert e.value.field == "blocks.select"
+    blocks = find_blocks(build_model(s.model), s)
+    assert [(b.name, b.family) for b in blocks] == [("0", "plain"), ("1", "plain")]
+    # meta:4 cannot split block 0's one input channel: left out there, kept on block 1
+    assert blocks[0].values()["conv"] == ["keep", "separable"]
+    assert blocks[1].values()["conv"] == ["keep", "separable", "meta:4"]
 
 
 def test_conv_choices_are_checked_against_pruned_shapes(tmp_path):

@@ -42,7 +42,8 @@ def test_inspect_with_set_and_quick(tiny_space_file, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["blocks"][0]["choices"]["bits"] == [32, 8, 4]
     assert out["space_size"] == (3 * 2 * 3) ** 8 * 2
-    assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]}}
+    assert out["head"] == {"name": "fc", "choices": {"head": ["keep", "meta:2"]},
+                           "candidates": ["fc Linear 512->10 (head)"]}
 
 
 def test_inspect_in_the_int8_runtime_records_runtime_and_cpu(tiny_space_file, capsys):

@@ -53,7 +53,7 @@ def _write(tmp_path: Path, text: str) -> Path:
      "blocks.default.conv", "conv:", "must be 'name' or 'name:N'"),
     (("  head: [keep, meta:2]", "  head: [keep, 'keep:2']"), "blocks.head", "head:",
      "'keep' takes no argument"),
-    (("  dataset: digits", "  dataset: imagenet"), "data.dataset", "dataset:", "Input should be"),
+    (("  dataset: digits", "  dataset: imagenet"), "data.dataset", "dataset:", "unknown dataset"),
     (("  in_channels: 1", "  in_channels: 3"), "model.in_channels", "in_channels:", "1 channel"),
 ])
 def test_bad_fields_name_file_field_and_line(tmp_path, patch, field, line, words):

@@ -11,3 +11,42 @@ def tiny_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 8) -> nn.
         nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
                       nn.BatchNorm2d(2 * width), nn.ReLU()),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+
+class Blobs:
+    """A user Dataset: gray float images in [0, 1] whose label is where a bright square sits,
+    of any size; no ``targets`` attribute (labels are only known by reading the items)."""
+
+    def __init__(self, n: int, size: int = 12, classes: int = 4, scale: float = 1.0,
+                 seed: int = 0) -> None:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, classes, (n,), generator=g).tolist()
+        self.size, self.scale, self.classes = size, scale, classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        y = self.labels[i]
+        img = torch.zeros(1, self.size, self.size)
+        half = self.size // 2
+        r, c = divmod(y % 4, 2)
+        img[:, r * half:(r + 1) * half, c * half:(c + 1) * half] = self.scale
+        return img, y
+
+
+def blobs(root: str, n_train: int = 60, n_test: int = 20, scale: float = 1.0,
+          classes: int = 4):
+    """A dataset factory: ``tests.tiny_factory:blobs`` (records the root it was given)."""
+    blobs.root = root
+    return Blobs(n_train, scale=scale, classes=classes), Blobs(n_test, scale=scale, seed=1,
+                                                               classes=classes)
+
+
+def not_datasets():
+    """A broken dataset factory."""
+    return 3, 4

@@ -5,7 +5,7 @@ Within a block the choices compose in a fixed order: prune (:mod:`.prune`) -> re
 block's convs or the head (a registered :class:`Choice`) -> quantize (:mod:`.quant`).
 """
 
-from searchcomp.choices.base import Applied, Choice
+from searchcomp.choices.base import CONV_KINDS, Applied, Choice, conv_kind
 from searchcomp.choices.registry import (
     ENTRY_POINT_GROUP,
     all_choices,
@@ -18,5 +18,6 @@ from searchcomp.choices.registry import (
     register,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "Applied", "Choice", "all_choices", "channel_multiple", "code",
-           "get", "legend", "names", "parse_value", "register"]
+__all__ = ["CONV_KINDS", "ENTRY_POINT_GROUP", "Applied", "Choice", "all_choices",
+           "channel_multiple", "code", "conv_kind", "get", "legend", "names", "parse_value",
+           "register"]

@@ -1,7 +1,8 @@
 """The contract of a layer-replacing choice: everything the rest of the package asks about it.
 
-A choice replaces one layer: a dense spatial ``nn.Conv2d`` of a block (``target = "conv"``)
-or the classifier ``nn.Linear`` (``target = "head"``). It declares its value syntax
+A choice replaces one layer: a dense ``nn.Conv2d`` of a block (``target = "conv"``; which
+kinds of dense conv, spatial k x k or pointwise 1x1, it declares in ``kinds``) or the
+classifier (``target = "head"``). It declares its value syntax
 (``name`` or ``name:ARG``, plus ``aliases``), its one-letter ``code`` for the one-line
 recipe summary, the channel multiple pruning must keep for it, why it cannot apply to a
 layer, its closed-form parameter count, how to build the new layer's structure and how to
@@ -20,6 +21,17 @@ from torch import nn
 from searchcomp.errors import ChoiceError
 
 TARGETS = ("conv", "head")
+#: the kinds of conv a ``conv`` choice may replace: dense (groups=1) k x k with k > 1, dense 1x1
+CONV_KINDS = ("spatial", "pointwise")
+_KIND_TEXT = {"spatial": "dense k x k (k > 1)", "pointwise": "dense 1x1"}
+
+
+def conv_kind(layer: nn.Module) -> str | None:
+    """``spatial`` or ``pointwise`` for a dense Conv2d, None for anything else (depthwise and
+    grouped convs included: no choice replaces those)."""
+    if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
+        return None
+    return "pointwise" if tuple(layer.kernel_size) == (1, 1) else "spatial"
 
 
 @dataclass
@@ -47,8 +59,12 @@ class Choice(ABC):
     name: ClassVar[str]
     #: other spellings accepted for ``name``
     aliases: ClassVar[tuple[str, ...]] = ()
-    #: ``"conv"`` (a block's dense spatial convs) or ``"head"`` (the classifier)
+    #: ``"conv"`` (a block's dense convs) or ``"head"`` (the classifier)
     target: ClassVar[str] = "conv"
+    #: ``conv`` choices: the kinds of dense conv it can replace (:data:`CONV_KINDS`). A block's
+    #: conv choice replaces its dense spatial convs, or in a block without any (an inverted
+    #: residual, whose only spatial conv is depthwise) its pointwise ones.
+    kinds: ClassVar[tuple[str, ...]] = ("spatial",)
     #: whether the value needs ``:ARG`` (a positive integer), e.g. ``conv3d:8``
     needs_arg: ClassVar[bool] = False
     #: one character for the recipe summary line (``conv S..M``); unique per target
@@ -68,6 +84,18 @@ class Choice(ABC):
     def check(self, layer: nn.Module, arg: int | None) -> str | None:
         """Why this choice cannot replace ``layer`` with ``arg``, or None."""
         return None
+
+    def reason(self, layer: nn.Module, arg: int | None) -> str | None:
+        """Why this choice cannot replace ``layer``: a conv of a kind it does not declare
+        (``kinds``), or what :meth:`check` says; None if it can."""
+        if self.target == "conv":
+            kind = conv_kind(layer)
+            if isinstance(layer, nn.Conv2d) and kind not in self.kinds:
+                what = f"a {_KIND_TEXT[kind]} conv" if kind else \
+                    f"a grouped conv (groups={layer.groups})"
+                wants = " or ".join(_KIND_TEXT[k] for k in self.kinds)
+                return f"{self.value(arg)} replaces {wants} convs; this is {what}"
+        return self.check(layer, arg)
 
     @abstractmethod
     def expected_params(self, layer: nn.Module, arg: int | None) -> int:
@@ -101,9 +129,9 @@ class Choice(ABC):
         reported as NaN."""
         from searchcomp.choices.fit import default_inputs
 
-        reason = self.check(layer, arg)
-        if reason:
-            raise ChoiceError(reason)
+        why = self.reason(layer, arg)
+        if why:
+            raise ChoiceError(why)
         new = self.structure(layer, arg)
         new.train(layer.training)
         if not init:

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from importlib.metadata import entry_points
 
-from searchcomp.choices.base import TARGETS, Choice
+from searchcomp.choices.base import CONV_KINDS, TARGETS, Choice
 from searchcomp.config import KEEP, split_value
 
 ENTRY_POINT_GROUP = "searchcomp.choices"
@@ -28,6 +28,9 @@ def register(cls: type[Choice]) -> type[Choice]:
     if cls.target not in TARGETS:
         raise ValueError(f"choice {cls.__name__}: target must be one of {TARGETS}, "
                          f"got {cls.target!r}")
+    if cls.target == "conv" and (not cls.kinds or set(cls.kinds) - set(CONV_KINDS)):
+        raise ValueError(f"choice {cls.__name__}: kinds must be among {CONV_KINDS}, "
+                         f"got {cls.kinds!r}")
     for spelling in (cls.name, *cls.aliases):
         key = (cls.target, spelling)
         if spelling == KEEP or (key in _REGISTRY and type(_REGISTRY[key]) is not cls) or (
@@ -120,7 +123,7 @@ def legend(target: str = "conv") -> str:
     return ", ".join([f". {KEEP}", *(f"{c.code} {c.name}" for c in all_choices(target))])
 
 
-def channel_multiple(value: str) -> int:
-    """Channel multiple pruning must keep so the conv value still applies afterwards."""
-    name, arg = parse_value(value, "conv")
-    return 1 if name == KEEP else get(name).channel_multiple(arg)
+def channel_multiple(value: str, target: str = "conv") -> int:
+    """Channel multiple pruning must keep so the value still applies afterwards."""
+    name, arg = parse_value(value, target)
+    return 1 if name == KEEP else get(name, target).channel_multiple(arg)

@@ -9,7 +9,10 @@ from searchcomp.config.devices import DEVICES, PRECISIONS, check_device
 from searchcomp.config.loader import load_space, parse_override
 from searchcomp.config.schema import (
     CHOICES,
+    DATASETS,
     FLOAT_BITS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     KEEP,
     NEUTRAL,
     OBJECTIVES,
@@ -24,13 +27,15 @@ from searchcomp.config.schema import (
     FinetuneConfig,
     MeasureConfig,
     ModelConfig,
+    NormalizeStats,
     SearchConfig,
     Space,
     split_value,
 )
 
-__all__ = ["CHOICES", "DEVICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "PRECISIONS",
-           "SAMPLERS", "SUPPORTED_BITS",
+__all__ = ["CHOICES", "DATASETS", "DEVICES", "FLOAT_BITS", "IMAGENET_MEAN", "IMAGENET_STD",
+           "KEEP", "NEUTRAL", "OBJECTIVES", "PRECISIONS", "SAMPLERS", "SUPPORTED_BITS",
            "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
-           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "SearchConfig",
-           "Space", "check_device", "load_space", "parse_override", "split_value"]
+           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "NormalizeStats",
+           "SearchConfig", "Space", "check_device", "load_space", "parse_override",
+           "split_value"]

@@ -12,18 +12,29 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from searchcomp.config.base import Strict as _Strict
+from searchcomp.config.base import field_error as _field_error
 from searchcomp.config.devices import Device, TargetDevice
 from searchcomp.config.fields import line_of, split_field
+from searchcomp.config.inputs import (  # noqa: F401  (re-exported: the space file's parts)
+    DATASET_CHANNELS,
+    DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    SMALL_INPUT_MAX,
+    BaseSourceConfig,
+    DataConfig,
+    ModelConfig,
+    NormalizeStats,
+)
 from searchcomp.errors import SearchcompError, SpaceError
 
 #: weight bit widths a block may use; 32 means float
 SUPPORTED_BITS = (2, 4, 6, 8, 16, 32)
 FLOAT_BITS = 32
-DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder")
-#: channel count of each built-in dataset, to catch a model that cannot read it
-DATASET_CHANNELS = {"cifar10": 3, "cifar100": 3, "mnist": 1, "fashion_mnist": 1, "digits": 1}
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimize",
               "latency_ms": "minimize", "flops": "minimize"}
 #: the per-block choice kinds, and the value of each that leaves a block as it is
@@ -31,7 +42,6 @@ CHOICES = ("conv", "prune", "bits")
 KEEP = "keep"
 NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
 
 
@@ -48,73 +58,6 @@ def split_value(value: str) -> tuple[str, int | None]:
     if name == KEEP and arg:
         raise ValueError("'keep' takes no argument")
     return name, int(arg) if arg else None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(_Strict):
-    """The network: a torchvision architecture by name or a user factory ``pkg.mod:fn``."""
-
-    arch: str = "resnet50"
-    num_classes: int = Field(10, ge=2)
-    in_channels: int = Field(3, ge=1)
-    image_size: int = Field(32, ge=8, le=1024)
-    #: 3x3 stride-1 stem and no max-pool, as ResNets on CIFAR use
-    small_input: bool = True
-    #: extra keyword arguments for a factory (or the torchvision constructor)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        # a torchvision name is checked when the model is built (that needs torchvision)
-        if ":" in v and not _FACTORY.match(v):
-            raise ValueError(f"factory {v!r} must look like 'package.module:function'")
-        return v
-
-
-class DataConfig(_Strict):
-    """Which images, and the deterministic train / validation / test subsets drawn from them."""
-
-    dataset: Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "folder"]
-    #: where the files are (or are downloaded to); for ``folder``, the image folder itself
-    root: str | None = None
-    train_size: int = Field(5000, ge=1)
-    val_size: int = Field(1000, ge=1)
-    test_size: int = Field(2000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    seed: int = 0
-    #: fetch torchvision-format archives when they are missing (needs internet)
-    download: bool = True
-
-    @model_validator(mode="after")
-    def _root(self) -> DataConfig:
-        if self.dataset == "folder" and not self.root:
-            raise ValueError("dataset 'folder' needs 'root': the image folder path")
-        return self
-
-
-class BaseSourceConfig(_Strict):
-    """Where the trained base network comes from."""
-
-    source: Literal["train", "pretrained", "checkpoint"] = "train"
-    #: checkpoint file (a state_dict, or a dict holding one under 'state_dict' or 'model')
-    path: str | None = None
-    #: epochs of training here (``train``), or of transfer fine-tuning after ``pretrained``
-    epochs: int = Field(5, ge=0)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-
-    @model_validator(mode="after")
-    def _path(self) -> BaseSourceConfig:
-        if self.source == "checkpoint" and not self.path:
-            raise ValueError("source 'checkpoint' needs 'path': the checkpoint file")
-        if self.source == "train" and self.epochs < 1:
-            raise ValueError("source 'train' needs epochs >= 1")
-        return self
 
 
 class ChoiceSet(_Strict):
@@ -337,6 +280,41 @@ class Space(_Strict):
     _lines: dict[tuple, int] = {}
     _overridden: tuple[str, ...] = ()
     _args: tuple = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto(cls, data: Any) -> Any:
+        """Turn ``model.small_input: auto`` and ``data.normalize: auto`` into what they mean
+        for this base, so the cache key, the export and ``load`` all see the real value."""
+        if not isinstance(data, dict):
+            return data
+        model, dat, base = (data.get(k) or {} for k in ("model", "data", "base"))
+        source = base.get("source", "train") if isinstance(base, dict) else "train"
+        if not isinstance(model, dict) or not isinstance(source, str):
+            return data  # the field validators say what is wrong
+        small, size = model.get("small_input", "auto"), model.get("image_size", 32)
+        if small is True and source == "pretrained":
+            raise _field_error(("model", "small_input"), True,
+                               "true would replace the pretrained stem by an untrained "
+                               "stride-1 one (a ResNet's 7x7 filters cropped to 3x3); remove the "
+                               "line (auto keeps the pretrained stem) or set base.source: train")
+        if small == "auto" and isinstance(size, int):
+            data = {**data, "model": {**model, "small_input": size <= SMALL_INPUT_MAX
+                                      and source == "train"}}
+        if isinstance(dat, dict) and dat and dat.get("normalize", "auto") == "auto":
+            data = {**data, "data": {**dat, "normalize":
+                                     "imagenet" if source == "pretrained" else "dataset"}}
+        return data
+
+    @model_validator(mode="after")
+    def _normalize_channels(self) -> Space:
+        stats = self.data.normalize
+        c = self.model.in_channels
+        if isinstance(stats, NormalizeStats) and len(stats.mean) not in (1, c):
+            raise _field_error(("data", "normalize"), stats.model_dump(),
+                               f"gives {len(stats.mean)} mean/std values for {c}-channel "
+                               f"images; give {c} (or 1 for all channels)")
+        return self
 
     @field_validator("objectives")
     @classmethod

@@ -1,39 +1,31 @@
-"""Dataset readers: the original file formats, read into memory as uint8 NCHW tensors.
+"""Datasets in: ``torchvision.datasets`` (CIFAR-10/100, MNIST, Fashion-MNIST, ``ImageFolder``),
+scikit-learn's digits, or the user's own factory, each as a training and a test ``Dataset``.
 
-The readers understand the original formats (CIFAR python pickles, MNIST idx.gz, image
-folders), so a copy already on disk (Debian's ``dataset-fashion-mnist``, a manual download) is
-used as is; torchvision's downloader fetches the archives when they are missing and we are
-online.
+A copy already on disk is used as is (Debian's ``dataset-fashion-mnist`` is read where it is
+installed, gzipped); torchvision's downloaders fetch missing archives when we are online.
 """
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder, VisionDataset
 
 from searchcomp.config import DataConfig
+from searchcomp.config.factories import import_factory
 from searchcomp.errors import DataError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-_CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                b"labels", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels",
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                 "eb9058c3a382ffc7106e4002c42a8d85"),
-}
-_IDX = {
-    "mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    "fashion_mnist": ("FashionMNIST",
-                      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-}
+_CIFAR = {"cifar10": (CIFAR10, "cifar-10-batches-py"), "cifar100": (CIFAR100, "cifar-100-python")}
+_IDX = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -45,24 +37,58 @@ def default_root() -> Path:
 
 @dataclass
 class Pools:
-    """A dataset's full training and test images as uint8 NCHW, and integer labels."""
+    """A dataset's training and test images: ``Dataset``s of ``(image, label)``, the image
+    a PIL image, an array or a tensor. ``test`` is None when the dataset has one pool (the
+    test subset is then cut from ``train`` too)."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor | None
-    test_y: torch.Tensor | None
+    train: Dataset
+    test: Dataset | None
+    #: labels of every image when the dataset knows them without decoding (else None)
+    train_targets: np.ndarray | None = None
+    test_targets: np.ndarray | None = None
 
 
-def load_pools(data: DataConfig, in_channels: int) -> Pools:
-    """The whole dataset in memory (these datasets are small enough)."""
+def load_pools(data: DataConfig) -> Pools:
+    """Open the dataset of ``data`` (reading nothing more than torchvision itself does)."""
     root = Path(data.root).expanduser() if data.root else default_root()
+    if ":" in data.dataset:
+        return _from_factory(data, root)
     if data.dataset in _CIFAR:
-        return _load_cifar(data.dataset, root, data.download)
+        cls, folder = _CIFAR[data.dataset]
+        return _pools(_cifar(cls, folder, root, data.download, True),
+                      _cifar(cls, folder, root, data.download, False))
     if data.dataset in _IDX:
-        return _load_idx(data.dataset, root, data.download, explicit=bool(data.root))
+        where = _idx_folder(data.dataset, root, data.download, explicit=bool(data.root))
+        cls = MnistFiles if data.dataset == "mnist" else FashionMnistFiles
+        return _pools(cls(where, train=True), cls(where, train=False))
     if data.dataset == "digits":
-        return _load_digits()
-    return _load_folder(root, in_channels)
+        return _pools(Digits(), None)
+    return _folder(root)
+
+
+def _pools(train: Dataset, test: Dataset | None) -> Pools:
+    return Pools(train, test, targets_of(train), None if test is None else targets_of(test))
+
+
+def targets_of(ds: Dataset) -> np.ndarray | None:
+    """The labels of ``ds`` if it lists them (torchvision datasets do), else None."""
+    t = getattr(ds, "targets", None)
+    if t is None:
+        return None
+    try:
+        out = np.asarray(t.cpu() if isinstance(t, torch.Tensor) else t, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    return out if out.ndim == 1 and len(out) == len(ds) else None
+
+
+def _download(fetch, name: str, url: str, root: Path) -> None:
+    try:
+        fetch()
+    except Exception as e:  # any network or archive failure: explain where files go
+        raise DataError(f"{name}: download from {url} failed ({e}). Offline? Put the files "
+                        f"under {root} (or set data.root), or data.download: false",
+                        field="data.dataset") from None
 
 
 def check_source(data: DataConfig) -> None:
@@ -88,47 +114,22 @@ def check_source(data: DataConfig) -> None:
 # --- CIFAR ----------------------------------------------------------------------------------
 
 
-def _load_cifar(name: str, root: Path, download: bool) -> Pools:
-    folder, train_files, test_file, label_key, url, md5 = _CIFAR[name]
-    base = root / folder
-    if not base.is_dir() and download:
-        _download(lambda: _fetch_archive(url, root, md5), name, url, root, folder)
-    if not base.is_dir():
-        raise DataError(f"{name} not found: expected {base}/ (the extracted {Path(url).name}). "
-                        f"Download {url} and extract it into {root}, or set data.root",
-                        field="data.dataset")
-
-    def read(fname: str) -> tuple[torch.Tensor, torch.Tensor]:
-        path = base / fname
-        if not path.is_file():
-            raise DataError(f"{name}: {path} is missing; re-extract {Path(url).name} into {root}")
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(x.copy()), torch.tensor(d[label_key], dtype=torch.long)
-
-    parts = [read(f) for f in train_files]
-    test_x, test_y = read(test_file)
-    return Pools(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                 test_x, test_y)
-
-
-def _fetch_archive(url: str, root: Path, md5: str) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    download_and_extract_archive(url, str(root), md5=md5)
-
-
-def _download(fetch, name: str, url: str, root: Path, folder: str) -> None:
+def _cifar(cls: type[CIFAR10], folder: str, root: Path, download: bool, train: bool) -> CIFAR10:
+    name = cls.__name__.lower()
+    if not (root / folder).is_dir() and download:
+        _download(lambda: cls(str(root), train=True, download=True), name, cls.url, root)
+    if not (root / folder).is_dir():
+        raise DataError(f"{name} not found: expected {root / folder}/ (the extracted "
+                        f"{cls.filename}). Download {cls.url} and extract it into {root}, or set "
+                        "data.root", field="data.dataset")
     try:
-        fetch()
-    except Exception as e:  # any network or archive failure: explain where files go
-        raise DataError(f"{name}: download from {url} failed ({e}). Offline? Put the files "
-                        f"under {root / folder} (or set data.root), or data.download: false",
-                        field="data.dataset") from None
+        return cls(str(root), train=train, download=False)
+    except RuntimeError as e:
+        raise DataError(f"{name} in {root / folder} cannot be read ({e}); extract "
+                        f"{cls.filename} there again", field="data.dataset") from None
 
 
-# --- MNIST-format (idx.gz) --------------------------------------------------------------------
+# --- MNIST-format (idx, gzipped or not) -------------------------------------------------------
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -146,8 +147,33 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
+class _IdxFiles:
+    """torchvision's MNIST-format dataset read from any folder holding the four idx files,
+    plain or gzipped (torchvision itself wants them unpacked under ``<root>/<Name>/raw``)."""
+
+    def __init__(self, folder: Path, train: bool = True) -> None:
+        VisionDataset.__init__(self, str(folder))
+        self.train = train
+        images, labels = _IDX_FILES[:2] if train else _IDX_FILES[2:]
+        self.data = torch.from_numpy(read_idx(_idx_file(folder, images)).copy())
+        self.targets = torch.from_numpy(read_idx(_idx_file(folder, labels)).astype(np.int64))
+
+
+class MnistFiles(_IdxFiles, MNIST):
+    """MNIST from a folder of idx files."""
+
+
+class FashionMnistFiles(_IdxFiles, FashionMNIST):
+    """Fashion-MNIST from a folder of idx files (e.g. /usr/share/datasets/fashion-mnist)."""
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    plain = folder / name
+    return plain if plain.is_file() else folder / f"{name}.gz"
+
+
 def _idx_dirs(name: str, root: Path, explicit: bool = True) -> list[Path]:
-    folder, _ = _IDX[name]
+    folder = _IDX[name]
     # MNIST and Fashion-MNIST files have the same names: a bare folder is only searched when
     # the user pointed data.root at it
     dirs = [root / folder / "raw", root / folder] + ([root] if explicit else [])
@@ -156,98 +182,93 @@ def _idx_dirs(name: str, root: Path, explicit: bool = True) -> list[Path]:
     return dirs
 
 
-def _find_idx(name: str, root: Path, explicit: bool = True) -> Path | None:
+def _find_idx(name: str, root: Path, explicit: bool) -> Path | None:
     for d in _idx_dirs(name, root, explicit):
         if all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in _IDX_FILES):
             return d
     return None
 
 
-def _load_idx(name: str, root: Path, download: bool, explicit: bool) -> Pools:
-    folder, mirror = _IDX[name]
+def _idx_folder(name: str, root: Path, download: bool, explicit: bool) -> Path:
     where = _find_idx(name, root, explicit)
+    cls = MNIST if name == "mnist" else FashionMNIST
     if where is None and download:
-        target = root / folder / "raw"
-        _download(lambda: _fetch_idx(mirror, target), name, mirror, root, f"{folder}/raw")
+        _download(lambda: cls(str(root), train=True, download=True), name, cls.mirrors[0], root)
         where = _find_idx(name, root, explicit)
     if where is None:
         hint = " (or: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
         raise DataError(f"{name} not found: looked in "
                         f"{', '.join(map(str, _idx_dirs(name, root, explicit)))}"
                         f". Put {', '.join(f + '.gz' for f in _IDX_FILES)} in "
-                        f"{root / folder / 'raw'}{hint}, or set data.root", field="data.dataset")
-
-    def read(f: str) -> np.ndarray:
-        p = where / f
-        return read_idx(p if p.is_file() else where / f"{f}.gz")
-
-    tx, ty, vx, vy = (read(f) for f in _IDX_FILES)
-    return Pools(torch.from_numpy(tx.copy()).unsqueeze(1), torch.from_numpy(ty.astype(np.int64)),
-                 torch.from_numpy(vx.copy()).unsqueeze(1), torch.from_numpy(vy.astype(np.int64)))
+                        f"{root / _IDX[name] / 'raw'}{hint}, or set data.root",
+                        field="data.dataset")
+    return where
 
 
-def _fetch_idx(mirror: str, target: Path) -> None:
-    from torchvision.datasets.utils import download_url
-
-    target.mkdir(parents=True, exist_ok=True)
-    for f in _IDX_FILES:
-        download_url(mirror + f + ".gz", str(target))
+# --- scikit-learn digits, image folders, user factories -------------------------------------
 
 
-# --- scikit-learn digits and image folders ----------------------------------------------------
+class Digits(Dataset):
+    """scikit-learn's bundled 8x8 digits (1,797 images) as uint8 1 x 8 x 8 tensors."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        self.data = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))
+        self.targets = torch.from_numpy(d.target.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.data[i].unsqueeze(0), int(self.targets[i])
 
 
-def _load_digits() -> Pools:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    return Pools(torch.from_numpy(x), torch.from_numpy(d.target.astype(np.int64)), None, None)
-
-
-def _load_folder(root: Path, in_channels: int) -> Pools:
+def _folder(root: Path) -> Pools:
     if not root.is_dir():
         raise DataError(f"image folder {root} not found", field="data.root")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-        test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
-        if test_classes != classes:
+        train, test = _image_folder(root / "train"), _image_folder(root / "test")
+        if train.classes != test.classes:
             raise DataError(f"{root}/train and {root}/test must hold the same class folders; "
-                            f"train has {classes}, test has {test_classes}", field="data.root")
-        tx, ty = _read_folder(root / "train", classes, in_channels)
-        vx, vy = _read_folder(root / "test", classes, in_channels)
-        return Pools(tx, ty, vx, vy)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    x, y = _read_folder(root, classes, in_channels)
-    return Pools(x, y, None, None)
+                            f"train has {train.classes}, test has {test.classes}",
+                            field="data.root")
+        return _pools(train, test)
+    return _pools(_image_folder(root), None)
 
 
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+def _image_folder(root: Path) -> ImageFolder:
+    try:
+        return ImageFolder(str(root))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"{root}: {e} (expected {root}/<class>/<image>)",
+                        field="data.root") from None
 
 
-def _read_folder(root: Path, classes: list[str], in_channels: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
-    if not classes:
-        raise DataError(f"{root} has no class subfolders (expected root/<class>/*.png)",
-                        field="data.root")
-    xs, ys = [], []
-    size = None
-    for label, cls in enumerate(classes):
-        for p in sorted((root / cls).iterdir()):
-            if p.suffix.lower() not in _IMAGE_EXT:
-                continue
-            try:
-                img = Image.open(p).convert("L" if in_channels == 1 else "RGB")
-            except OSError as e:
-                raise DataError(f"cannot read image {p}: {e}", field="data.root") from None
-            size = size or img.size
-            if img.size != size:
-                img = img.resize(size)
-            a = np.asarray(img, dtype=np.uint8)
-            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
-        raise DataError(f"no images found under {root}", field="data.root")
-    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long)
+def _from_factory(data: DataConfig, root: Path) -> Pools:
+    fn = import_factory(data.dataset, "data.dataset")
+    kwargs: dict[str, Any] = dict(data.kwargs)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "root" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs.setdefault("root", str(root))
+    try:
+        got = fn(**kwargs)
+    except TypeError as e:
+        raise DataError(f"{data.dataset} does not accept these arguments: {e}",
+                        field="data.kwargs") from None
+    if isinstance(got, dict):
+        got = (got.get("train"), got.get("test"))
+    train, test = got if isinstance(got, (tuple, list)) and len(got) == 2 else (got, None)
+    for what, ds in (("train", train), ("test", test)):
+        if ds is None and what == "test":
+            continue
+        if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+            raise DataError(f"{data.dataset} must return (train, test) Datasets (test may be "
+                            f"None); its {what} is a {type(ds).__name__}", field="data.dataset")
+        if len(ds) == 0:
+            raise DataError(f"{data.dataset}: the {what} Dataset is empty", field="data.dataset")
+    return _pools(train, test)

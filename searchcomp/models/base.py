@@ -14,11 +14,13 @@ from torch import nn
 
 from searchcomp.compute import Compute
 from searchcomp.config import Space
-from searchcomp.data import Splits
+from searchcomp.config.factories import factory_digest
+from searchcomp.data import Splits, augmentation
 from searchcomp.models.factory import build_model, load_checkpoint
 from searchcomp.train import DEFAULT_COMPUTE, evaluate, train_base
 
-CACHE_FORMAT = 1
+#: 2: torchvision datasets and transforms (aspect-kept resize), normalisation, augmentation
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -31,38 +33,29 @@ class Base:
     #: the cached weights file, or the checkpoint it was loaded from (None if downloaded only)
     path: Path | None
     cached: bool = False
+    #: the per-channel input statistics it was trained or evaluated with
+    normalize: dict | None = None
 
 
 def cache_key(space: Space) -> str:
     """Hash of everything that determines a trained base: the model (and a factory's source
-    file), the training data subsets, the training settings and the library versions. The test
-    subset, fine-tune and search settings do not change the base and are left out."""
+    file), the training data subsets and their normalisation (and a dataset factory's source
+    file), the training settings and the library versions. The test subset, how images are
+    loaded (workers, in memory), fine-tune and search settings do not change the base and are
+    left out."""
     import torchvision
 
     from searchcomp import __version__
 
-    data = space.data.model_dump(exclude={"test_size", "download"})
+    data = space.data.model_dump(exclude={"test_size", "download", "workers", "in_memory"})
     blob = json.dumps({"format": CACHE_FORMAT, "model": space.model.model_dump(), "data": data,
-                       "base": space.base.model_dump(), "factory": _factory_digest(space),
+                       "base": space.base.model_dump(),
+                       "factory": factory_digest(space.model.arch),
+                       "data_factory": factory_digest(space.data.dataset),
                        "torch": torch.__version__.split("+")[0],
                        "torchvision": torchvision.__version__.split("+")[0],
                        "searchcomp": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _factory_digest(space: Space) -> str | None:
-    """Hash of a factory model's source file, so editing the model retrains the base."""
-    if ":" not in space.model.arch:
-        return None
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(space.model.arch.split(":")[0])
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
-        return None
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
 
 
 def cache_path(space: Space) -> Path:
@@ -81,7 +74,16 @@ def obtain_base(space: Space, splits: Splits, progress: bool = True,
     compute = compute or DEFAULT_COMPUTE
     with torch.random.fork_rng():
         torch.manual_seed(space.data.seed)
-        return _obtain(space, splits, progress, log, compute)
+        base = _obtain(space, splits, progress, log, compute)
+    base.normalize = normalization(splits)
+    return base
+
+
+def normalization(splits: Splits) -> dict:
+    """The input statistics of ``splits``: ``{"kind", "mean", "std"}`` (kind: dataset,
+    imagenet or explicit), as stored with the base and in every export."""
+    return {"kind": splits.normalize, "mean": splits.train.mean.flatten().tolist(),
+            "std": splits.train.std.flatten().tolist()}
 
 
 def _obtain(space: Space, splits: Splits, progress: bool, log, compute: Compute) -> Base:
@@ -111,17 +113,21 @@ def _obtain(space: Space, splits: Splits, progress: bool, log, compute: Compute)
         return Base(model, src.source, float(meta["val_accuracy"]), path, cached=True)
 
     model = build_model(space.model, pretrained=src.source == "pretrained")
+    aug = augmentation(src.augment, space.model.image_size)
+    with_aug = f", augmented ({', '.join(src.augment)})" if aug else ""
     log(f"base: training {space.model.arch} for {src.epochs} epoch(s) on "
-        f"{splits.train.size} {space.data.dataset} images (cached afterwards in {path})")
+        f"{splits.train.size} {space.data.dataset} images{with_aug} (cached afterwards in "
+        f"{path})")
     t0 = time.perf_counter()
-    train_base(model, splits.train, src.epochs, src.lr, src.momentum, src.weight_decay,
-               progress=progress, compute=compute)
+    train_base(model, splits.train.augmented(aug), src.epochs, src.lr, src.momentum,
+               src.weight_decay, progress=progress, compute=compute)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, splits.val, compute)
     log(f"base: validation accuracy {acc:.4f} after {seconds:.0f} s")
     _save_atomic(model, path, {"val_accuracy": acc, "train_seconds": seconds,
                                "trained_on": compute.describe(),
                                "key": cache_key(space), "space": space.file,
+                               "normalize": normalization(splits),
                                "model": space.model.model_dump(), "data": space.data.model_dump(),
                                "base": space.base.model_dump()})
     return Base(model, src.source, acc, path)

@@ -1,8 +1,13 @@
-"""Find the blocks of a model, the layers each choice may touch, and the values allowed."""
+"""Find the blocks of a model, the layers each choice may touch, and the values allowed.
+
+Values in ``blocks.default`` apply to every block they fit: a block where one cannot apply
+(``meta:4`` on a conv with 3 inputs, pruning on a block whose every conv feeds a residual
+add) leaves it out, and ``inspect`` says so; a value that fits no block, or one a
+``per_block`` entry names, is an error naming its line.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -10,9 +15,10 @@ from torch import nn
 
 from searchcomp import choices
 from searchcomp.config import CHOICES, KEEP, NEUTRAL, ChoiceSet, Space
-from searchcomp.models.factory import last_linear
+from searchcomp.models.factory import head_candidates, last_linear
+from searchcomp.models.families import auto_blocks, conv_targets, family_of, select_glob
+from searchcomp.models.shapes import Shrink, conv_reason, head_reason
 
-_RESIDUAL = ("BasicBlock", "Bottleneck")
 #: what a choice left out of the space file means: leave the layer alone
 UNCHANGED = ChoiceSet(**{c: (v,) for c, v in NEUTRAL.items()})
 
@@ -22,11 +28,18 @@ class Block:
     """One searchable block: its module name, conv layers, and allowed choice values."""
 
     name: str
-    #: convs (full names) a ``conv`` choice replaces: every spatial (k > 1), ungrouped Conv2d
+    #: convs (full names) a ``conv`` choice replaces: the block's dense spatial convs, or its
+    #: pointwise ones when it has none (see :func:`~searchcomp.models.families.conv_targets`)
     convs: tuple[str, ...]
     choices: ChoiceSet
     #: the space-file field each choice's values came from (for error messages)
     origin: dict[str, str] = field(default_factory=dict, compare=False)
+    #: residual, inverted residual, plain or module (see :func:`family_of`)
+    family: str = "module"
+    #: each conv pruning shrinks (full name) -> the layers whose inputs shrink with it
+    pruning: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    #: values of ``blocks.default`` left out on this block, and why
+    dropped: dict[str, str] = field(default_factory=dict, compare=False)
 
     def values(self) -> dict[str, list]:
         """Allowed values per choice, as plain lists."""
@@ -38,30 +51,19 @@ class Block:
         return math.prod(len(getattr(self.choices, c)) for c in CHOICES)
 
 
-def spatial_convs(module: nn.Module, prefix: str) -> tuple[str, ...]:
-    """Names of the Conv2d layers of ``module`` that a conv choice may replace."""
-    out = []
-    for n, m in module.named_modules():
-        if (isinstance(m, nn.Conv2d) and m.groups == 1 and tuple(m.kernel_size) != (1, 1)):
-            out.append(f"{prefix}.{n}" if n else prefix)
-    return tuple(out)
-
-
 def _select(model: nn.Module, space: Space) -> list[str]:
     sel = space.blocks.select
     if sel == "auto":
-        names = [n for n, m in model.named_modules() if type(m).__name__ in _RESIDUAL]
+        names = auto_blocks(model)
         if not names:
-            raise space.error("blocks.select", "no residual blocks (BasicBlock/Bottleneck) in "
-                              f"{space.model.arch}; give globs on module names, e.g. "
-                              "select: ['features.*']")
+            raise space.error("blocks.select", f"{space.model.arch} has no conv layers to "
+                              "search; give globs on module names, e.g. select: ['features.*']")
         return names
     globs = (sel,) if isinstance(sel, str) else sel
     named = [(n, m) for n, m in model.named_modules() if n]
     chosen: list[str] = []
     for i, g in enumerate(globs):
-        hits = [n for n, m in named if fnmatch.fnmatchcase(n, g)
-                and any(True for _ in m.parameters())]
+        hits = select_glob(named, g)
         if not hits:
             field_name = "blocks.select" if isinstance(sel, str) else f"blocks.select.{i}"
             examples = ", ".join(n for n, _ in named[:8])
@@ -79,7 +81,7 @@ def find_blocks(model: nn.Module, space: Space) -> list[Block]:
     per: dict[str, tuple[ChoiceSet, dict[str, str]]] = {
         n: (default, {c: f"blocks.default.{c}" for c in CHOICES}) for n in names}
     for glob, chosen in space.blocks.per_block.items():
-        hits = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+        hits = [n for n in names if _glob(n, glob)]
         if not hits:
             raise space.error(f"blocks.per_block.{glob}", f"glob {glob!r} matches no block; "
                               f"blocks are: {', '.join(names)}")
@@ -90,25 +92,86 @@ def find_blocks(model: nn.Module, space: Space) -> list[Block]:
                 if getattr(chosen, c) is not None:
                     origin[c] = f"blocks.per_block.{glob}.{c}"
             per[n] = (cs.merged(chosen), origin)
+    _check_registered(per, space)
+    pmap = _prune_map(model, {n: cs for n, (cs, _) in per.items()}, space)
     blocks = []
     for n in names:
         cs, origin = per[n]
-        blocks.append(Block(n, spatial_convs(model.get_submodule(n), n), cs, origin))
-    _check_registered(blocks, space)
-    pmap = _prune_map(model, blocks, space)
-    _check_conv_choices(model, blocks, space, pmap)
+        module = model.get_submodule(n)
+        blocks.append(Block(n, conv_targets(module, n), cs, origin, family_of(module),
+                            {k: tuple(v) for k, v in pmap.get(n, {}).items()}))
+    blocks = [_narrow_prune(b, space) for b in blocks]
+    shrink = Shrink(model, blocks, space.blocks.prune_round_to)
+    blocks = [_narrow_conv(b, shrink, space) for b in blocks]
+    _check_some_block_takes_each_default(blocks, space)
     _check_seed_configs(blocks, space)
     return blocks
 
 
-def _check_registered(blocks: list[Block], space: Space) -> None:
+def _glob(name: str, glob: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, glob)
+
+
+def _check_registered(per: dict[str, tuple[ChoiceSet, dict[str, str]]], space: Space) -> None:
     """Every conv value names a registered choice with the right argument."""
-    for b in blocks:
-        for value in b.choices.conv:
+    for cs, origin in per.values():
+        for value in cs.conv:
             try:
                 choices.parse_value(value, "conv")
             except ValueError as e:
-                raise space.error(b.origin["conv"], str(e)) from None
+                raise space.error(origin["conv"], str(e)) from None
+
+
+def _from_default(b: Block, kind: str) -> bool:
+    return b.origin.get(kind, "").startswith("blocks.default.")
+
+
+def _narrow_prune(b: Block, space: Space) -> Block:
+    """A block with nothing to prune keeps ``prune: [0.0]`` (from the defaults) or is an
+    error (from ``per_block``)."""
+    if not any(b.choices.prune) or b.pruning:
+        return b
+    why = (f"block {b.name} has no conv whose filters can be removed without changing "
+           "another layer's outputs (every conv feeds a residual add, a concatenation or the "
+           "model output)")
+    if not _from_default(b, "prune"):
+        raise space.error(b.origin["prune"], f"{why}; allow only prune 0.0 there")
+    dropped = {**b.dropped, **{f"prune {r:g}": why for r in b.choices.prune if r}}
+    return _replace(b, b.choices.model_copy(update={"prune": (0.0,)}), dropped)
+
+
+def _narrow_conv(b: Block, shrink: Shrink, space: Space) -> Block:
+    """Leave out default conv values that cannot apply to this block (at any allowed prune
+    ratio); a ``per_block`` value that cannot is an error."""
+    kept, dropped = [], dict(b.dropped)
+    for value in b.choices.conv:
+        why = conv_reason(b, value, shrink)
+        if why is None:
+            kept.append(value)
+        elif _from_default(b, "conv"):
+            dropped[value] = why
+        else:
+            raise space.error(b.origin["conv"], why)
+    if len(kept) == len(b.choices.conv):
+        return b
+    return _replace(b, b.choices.model_copy(update={"conv": tuple(kept) or (KEEP,)}), dropped)
+
+
+def _replace(b: Block, cs: ChoiceSet, dropped: dict[str, str]) -> Block:
+    return Block(b.name, b.convs, cs, b.origin, b.family, b.pruning, dropped)
+
+
+def _check_some_block_takes_each_default(blocks: list[Block], space: Space) -> None:
+    """A default value every block had to leave out was a mistake: say why for the first."""
+    for kind, values in (("conv", space.blocks.default.conv),
+                         ("prune", space.blocks.default.prune)):
+        for v in values or ():
+            key = v if kind == "conv" else f"prune {v:g}"
+            offered = [b for b in blocks if _from_default(b, kind)]
+            if offered and all(key in b.dropped for b in offered):
+                raise space.error(f"blocks.default.{kind}", offered[0].dropped[key])
 
 
 def _check_seed_configs(blocks: list[Block], space: Space) -> None:
@@ -124,68 +187,25 @@ def _check_seed_configs(blocks: list[Block], space: Space) -> None:
                                   "block; add it to blocks.default or blocks.per_block")
 
 
-def _prune_map(model: nn.Module, blocks: list[Block], space: Space
+def _prune_map(model: nn.Module, per: dict[str, ChoiceSet], space: Space
                ) -> dict[str, dict[str, list[str]]]:
-    """Which convs pruning shrinks in each block; rejects prune values on blocks where nothing
-    can be pruned without touching the residual path or other blocks."""
+    """Which convs pruning shrinks in each block that allows pruning, and what shrinks
+    with them."""
     import torch
 
     from searchcomp.choices.prune import prune_map
     from searchcomp.models.factory import input_shape
 
-    wanted = {b.name: model.get_submodule(b.name) for b in blocks if any(b.choices.prune)}
+    wanted = {n: model.get_submodule(n) for n, cs in per.items() if any(cs.prune)}
     if not wanted:
         return {}
-    pmap = prune_map(model, wanted, torch.zeros(1, *input_shape(space.model)))
-    for b in blocks:
-        if b.name in pmap and not pmap[b.name]:
-            raise space.error(b.origin["prune"], f"block {b.name} has no conv whose filters "
-                              "can be removed inside it (every conv feeds the residual path or "
-                              "another block); allow only prune 0.0 there")
-    return pmap
+    return prune_map(model, wanted, torch.zeros(1, *input_shape(space.model)))
 
 
-def _check_conv_choices(model: nn.Module, blocks: list[Block], space: Space,
-                        pmap: dict[str, dict[str, list[str]]]) -> None:
-    """Every conv value must apply to every target conv, also with the block pruned by each
-    allowed ratio (pruning runs first and keeps multiples of the value's argument)."""
-    from searchcomp.choices.prune import n_remove
-
-    for b in blocks:
-        shrinks = pmap.get(b.name, {})
-        for value in b.choices.conv:
-            name, arg = choices.parse_value(value, "conv")
-            if name == KEEP:
-                continue
-            if not b.convs:
-                raise space.error(b.origin["conv"], f"{value}: block {b.name} has no spatial "
-                                  "conv to replace")
-            t = choices.get(name, "conv")
-            round_to = math.lcm(space.blocks.prune_round_to, t.channel_multiple(arg))
-            for ratio in b.choices.prune:
-                for conv_name in b.convs:
-                    conv = model.get_submodule(conv_name)
-                    c_in, c_out = conv.in_channels, conv.out_channels
-                    if ratio:
-                        if conv_name in shrinks:
-                            c_out -= n_remove(ratio, c_out, round_to)
-                        for producer, consumers in shrinks.items():
-                            if conv_name in consumers:
-                                src = model.get_submodule(producer).out_channels
-                                c_in -= n_remove(ratio, src, round_to)
-                    probe = conv if (c_in, c_out) == (conv.in_channels, conv.out_channels) \
-                        else nn.Conv2d(c_in, c_out, conv.kernel_size, conv.stride, conv.padding,
-                                       conv.dilation, bias=conv.bias is not None,
-                                       padding_mode=conv.padding_mode, device="meta")
-                    why = t.check(probe, arg)
-                    if why:
-                        when = f" when the block is pruned by {ratio:g}" if ratio else ""
-                        raise space.error(b.origin["conv"], f"{value} cannot apply to "
-                                          f"{conv_name}{when}: {why}")
-
-
-def find_head(model: nn.Module, space: Space) -> tuple[str, nn.Module]:
-    """The classifier layer the ``head`` choice applies to, after checking every value."""
+def find_head(model: nn.Module, space: Space, blocks: list[Block] | None = None
+              ) -> tuple[str, nn.Module]:
+    """The classifier layer the ``head`` choice applies to, after checking every value (also
+    on the inputs pruning ``blocks`` may leave it, in a plain CNN)."""
     hm = space.blocks.head_module
     if hm == "auto":
         name, layer = last_linear(model)
@@ -193,7 +213,12 @@ def find_head(model: nn.Module, space: Space) -> tuple[str, nn.Module]:
         try:
             layer = model.get_submodule(hm)
         except AttributeError:
-            raise space.error("blocks.head_module", f"no module named {hm!r}") from None
+            heads = ", ".join(describe_head(n, m) for n, m in head_candidates(model))
+            raise space.error("blocks.head_module", f"no module named {hm!r}; candidates: "
+                              f"{heads}") from None
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise space.error("blocks.head_module", f"{hm} is a {type(layer).__name__}; the "
+                              "head must be an nn.Linear or an nn.Conv2d classifier")
         name = hm
     for value in space.blocks.head:
         try:
@@ -202,13 +227,18 @@ def find_head(model: nn.Module, space: Space) -> tuple[str, nn.Module]:
             raise space.error("blocks.head", str(e)) from None
         if tname == KEEP:
             continue
-        if not isinstance(layer, nn.Linear):
-            raise space.error("blocks.head", f"{value}: head {name} is a "
-                              f"{type(layer).__name__}, not an nn.Linear")
-        why = choices.get(tname, "head").check(layer, arg)
+        why = head_reason(name, layer, value, Shrink(model, blocks or [],
+                                                     space.blocks.prune_round_to))
         if why:
-            raise space.error("blocks.head", f"{value} cannot apply to {name}: {why}")
+            raise space.error("blocks.head", why)
     return name, layer
+
+
+def describe_head(name: str, layer: nn.Module) -> str:
+    """``classifier.0 Linear 512->256``: a head candidate and its shape."""
+    if isinstance(layer, nn.Linear):
+        return f"{name} Linear {layer.in_features}->{layer.out_features}"
+    return f"{name} Conv2d {layer.in_channels}->{layer.out_channels}"
 
 
 def space_size(blocks: list[Block], head_values: tuple[str, ...]) -> int:

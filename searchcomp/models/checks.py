@@ -42,5 +42,5 @@ def check_inputs(space: Space) -> Architecture:
         load_checkpoint(model, path)  # that it fits the architecture, too
     check_forward(model, space.model)
     blocks = find_blocks(model, space)
-    head_name, _ = find_head(model, space)
+    head_name, _ = find_head(model, space, blocks)
     return Architecture(model, blocks, head_name)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,8 @@ import torch
 from torch import nn
 
 from searchcomp.config import ModelConfig
+from searchcomp.config.factories import import_factory
+from searchcomp.config.inputs import SMALL_INPUT_MAX
 from searchcomp.errors import SearchcompError
 
 
@@ -21,9 +20,13 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
 
     With ``pretrained`` the ImageNet weights are loaded first (torchvision downloads them once
     into its hub cache), then the stem and classifier are adapted: layers whose shape changes
-    are re-initialised (a 1-channel stem sums the RGB filters; a 3x3 small-input stem takes
-    the centre of the 7x7 filters).
+    are re-initialised (a 1-channel stem sums the RGB filters). ``small_input`` gives a
+    torchvision model a stride-1 stem (a ResNet a 3x3 one without max-pool); ``auto`` outside
+    a space means: for images up to 64 px, unless ``pretrained``.
     """
+    if cfg.small_input == "auto":
+        cfg = cfg.model_copy(update={"small_input": cfg.image_size <= SMALL_INPUT_MAX
+                                     and not pretrained})
     if ":" in cfg.arch:
         if pretrained:
             raise SearchcompError("base.source 'pretrained' needs a torchvision architecture; "
@@ -34,23 +37,8 @@ def build_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     return model
 
 
-def _import_factory(arch: str):
-    """Import ``pkg.mod:fn``; the current directory is searched too, as with ``python -m``."""
-    mod_name, fn_name = arch.split(":")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise SearchcompError(f"cannot import {arch!r}: {e}", field="model.arch") from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-
-
 def _from_factory(cfg: ModelConfig) -> nn.Module:
-    fn = _import_factory(cfg.arch)
+    fn = import_factory(cfg.arch, "model.arch")
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -118,46 +106,75 @@ def _pretrained_state(arch: str) -> dict[str, torch.Tensor]:
             field="base.source") from None
 
 
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The stem: the first Conv2d in registration order (every torchvision classifier
+    registers its stem first)."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
 def _adapt_stem(model: nn.Module, cfg: ModelConfig) -> None:
-    conv = getattr(model, "conv1", None)
-    if not isinstance(conv, nn.Conv2d):
-        # other families keep their stem: small_input only rewires ResNet-style models
-        if cfg.in_channels != 3:
-            raise SearchcompError(f"is {cfg.in_channels}, but searchcomp adapts the stem of "
-                                  f"ResNet-style models only, not {cfg.arch}; use a factory "
-                                  "model 'package.module:function'", field="model.in_channels")
+    """Give the stem ``cfg.in_channels`` inputs and, with ``small_input``, stride 1 (a ResNet:
+    a 3x3 conv from the centre of the 7x7 filters, and no max-pool)."""
+    found = first_conv(model)
+    if found is None:
         return
-    k, s, p = (3, 1, 1) if cfg.small_input else (conv.kernel_size[0], conv.stride, conv.padding)
-    if conv.in_channels == cfg.in_channels and not cfg.small_input:
+    name, conv = found
+    resnet = name == "conv1" and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d)
+    small = bool(cfg.small_input)
+    if small and resnet:
+        k, s, p = (3, 3), (1, 1), (1, 1)
+    else:
+        k, s, p = conv.kernel_size, ((1, 1) if small else conv.stride), conv.padding
+    if conv.in_channels == cfg.in_channels and (k, s) == (conv.kernel_size, conv.stride):
         return
-    new = nn.Conv2d(cfg.in_channels, conv.out_channels, k, s, p, bias=conv.bias is not None)
+    new = nn.Conv2d(cfg.in_channels, conv.out_channels, k, s, p, conv.dilation, conv.groups,
+                    bias=conv.bias is not None)
     with torch.no_grad():
         w = conv.weight
-        if cfg.small_input and w.shape[-1] > 3:
+        if w.shape[-1] > k[-1]:
             c = w.shape[-1] // 2
             w = w[..., c - 1:c + 2, c - 1:c + 2]
         if cfg.in_channels != w.shape[1]:
             w = w.sum(1, keepdim=True).repeat(1, cfg.in_channels, 1, 1) / cfg.in_channels
         new.weight.copy_(w)
-    model.conv1 = new
-    if cfg.small_input and hasattr(model, "maxpool"):
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    set_submodule(model, name, new)
+    if small and resnet:
         model.maxpool = nn.Identity()
 
 
 def _adapt_classifier(model: nn.Module, num_classes: int) -> None:
-    name, head = last_linear(model)
-    if head.out_features == num_classes:
-        return
-    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    name, head = head_candidates(model)[-1]
+    if isinstance(head, nn.Linear):
+        if head.out_features == num_classes:
+            return
+        new: nn.Module = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    else:
+        if head.out_channels == num_classes:
+            return
+        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride,
+                        head.padding, bias=head.bias is not None)
     set_submodule(model, name, new)
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The classifier: the last nn.Linear in registration order."""
+def head_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers a head choice could replace, in registration order: every nn.Linear, or
+    for a network without one (a conv classifier, as SqueezeNet's) its last Conv2d."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not found:
-        raise SearchcompError("the model has no nn.Linear classifier; set blocks.head_module")
-    return found[-1]
+        convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        found = convs[-1:]
+    if not found:
+        raise SearchcompError("the model has neither an nn.Linear nor a conv classifier; set "
+                              "blocks.head_module", field="blocks.head_module")
+    return found
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier ``blocks.head_module: auto`` means: the last nn.Linear in registration
+    order (for a conv classifier, the last Conv2d)."""
+    return head_candidates(model)[-1]
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -187,9 +204,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(obj)
     except RuntimeError as e:
-        first = str(e).splitlines()[:4]
-        raise SearchcompError(f"{path} does not fit model.arch: "
-                              + " ".join(s.strip() for s in first), field="base.path") from None
+        first = " ".join(s.strip() for s in str(e).splitlines()[:4])
+        stem = first_conv(model)
+        hint = ""
+        if stem and f"{stem[0]}.weight" in first:
+            hint = (" (the stem differs: set model.small_input: true if the checkpoint has a "
+                    "stride-1 CIFAR stem, false if it has the standard one)")
+        raise SearchcompError(f"{path} does not fit model.arch: {first}{hint}",
+                              field="base.path") from None
 
 
 def check_forward(model: nn.Module, cfg: ModelConfig) -> None:

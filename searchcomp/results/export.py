@@ -176,7 +176,8 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
             "trial": number, "space": space.file, "model": space.model.model_dump(mode="json"),
             "input_shape": list(shape),
             "normalize": {"mean": ctx.splits.train.mean.flatten().tolist(),
-                          "std": ctx.splits.train.std.flatten().tolist()},
+                          "std": ctx.splits.train.std.flatten().tolist(),
+                          "kind": ctx.splits.normalize},
             "recipe": recipe.to_dict(), "summary": recipe.summary(ctx.block_names),
             "blocks": [{"name": b.name, "convs": list(b.convs)} for b in ctx.blocks],
             "head_name": ctx.head_name, "resized": built.resized}
@@ -334,7 +335,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              "```", "",
              f"Input: float32 N x {' x '.join(map(str, card['input']['shape']))}, each channel "
              f"normalised with mean {card['input']['normalize']['mean']} and std "
-             f"{card['input']['normalize']['std']} (of images scaled to [0, 1]).", ""]
+             f"{card['input']['normalize']['std']} (of images scaled to [0, 1]; "
+             f"{card['input']['normalize'].get('kind', 'dataset')} statistics).", ""]
     return "\n".join(lines)
 
 

@@ -137,7 +137,10 @@ def cached_teacher_logits(teacher: nn.Module, train: Batches, compute: Compute, 
     the same base (``digest``), images and evaluation precision is there, else computed once
     and written there for the study's other workers and later runs."""
     h = hashlib.sha256(f"{digest}:{compute.eval_precision}:{train.size}".encode())
-    for t in (train.x, train.y, train.mean, train.std):
+    # the images themselves when in memory; a streamed subset by which images it holds
+    tensors = ((train.x, train.y) if train.stream is None
+               else (train.stream.indices.to(torch.int64),))
+    for t in (*tensors, train.mean, train.std):
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     path = folder / f"teacher-{h.hexdigest()[:16]}.pt"
     if path.is_file():

@@ -158,6 +158,8 @@ class Conv3dChoice(Choice):
     short = "c3d"
     description = "s channel-sliding 3D filters (source 001), least-squares init"
     fit_steps = 60
+    #: sliding over channels works for 1x1 filters too: the pointwise convs of inverted residuals
+    kinds = ("spatial", "pointwise")
 
     def channel_multiple(self, arg: int | None) -> int:
         return arg or 1

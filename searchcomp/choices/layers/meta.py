@@ -120,6 +120,8 @@ class MetaChoice(Choice):
     code = "M"
     description = "G grouped convs mixed by a Meta(G, G) layer (source 001)"
     fit_steps = 60
+    #: grouping works on any dense conv: also the pointwise convs of inverted residuals
+    kinds = ("spatial", "pointwise")
 
     def channel_multiple(self, arg: int | None) -> int:
         return arg or 1
@@ -153,8 +155,9 @@ class MetaChoice(Choice):
 
 @register
 class MetaHead(Choice):
-    """``meta:G`` on the Linear head (source 001's meta head): G small linears on K/G
-    features each + Meta(G, G), block-diagonal init, then locally fitted."""
+    """``meta:G`` on the classifier (source 001's meta head): G small linears on K/G features
+    each + Meta(G, G), block-diagonal init, then locally fitted. A conv classifier (e.g.
+    SqueezeNet's 1x1) gets the grouped conv + Meta of ``meta:G`` on convs."""
 
     name = "meta"
     aliases = ("meta_head",)
@@ -164,23 +167,34 @@ class MetaHead(Choice):
     description = "G small linears mixed by a Meta(G, G) layer (source 001)"
     fit_steps = 60
 
+    def channel_multiple(self, arg: int | None) -> int:
+        return arg or 1
+
     def check(self, layer: nn.Module, arg: int | None) -> str | None:
+        if isinstance(layer, nn.Conv2d):
+            return MetaChoice().check(layer, arg)
         if not isinstance(layer, nn.Linear):
-            return f"meta (head) replaces an nn.Linear, got {type(layer).__name__}"
+            return f"meta (head) replaces an nn.Linear or nn.Conv2d, got {type(layer).__name__}"
         return _divides(arg, layer.in_features, layer.out_features, "features")
 
     def expected_params(self, layer: nn.Module, arg: int | None) -> int:
         assert arg is not None
+        if isinstance(layer, nn.Conv2d):
+            return MetaChoice().expected_params(layer, arg)
         k, h = layer.in_features, layer.out_features
         return arg * (k // arg) * (h // arg) + (h if layer.bias is not None else 0) + arg * arg
 
-    def structure(self, layer: nn.Module, arg: int | None) -> MetaLinear:
+    def structure(self, layer: nn.Module, arg: int | None) -> nn.Module:
         assert arg is not None
+        if isinstance(layer, nn.Conv2d):
+            return MetaConv2d(layer, arg)
         new = MetaLinear(layer.in_features, layer.out_features, arg, bias=layer.bias is not None)
         return new.to(device=layer.weight.device, dtype=layer.weight.dtype)
 
     def initialise(self, new: nn.Module, layer: nn.Module, arg: int | None,
                    inputs: Tensor) -> float:
+        if isinstance(layer, nn.Conv2d):
+            return MetaChoice().initialise(new, layer, arg, inputs)
         with torch.no_grad():
             new.weight.copy_(_block_diagonal(layer.weight.detach(), arg))
             if layer.bias is not None:

@@ -1,0 +1,1 @@
+"""Worked examples: bring your own model and data (run from the repository root)."""

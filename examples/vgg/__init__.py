@@ -1,0 +1,1 @@
+"""A user's own VGG-style CNN and image folder (see README.md)."""
