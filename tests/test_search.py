@@ -241,6 +241,20 @@ def test_interrupted_seed_is_queued_again(tmp_path):
     assert enqueue_seeds(study, ctx) == 1
 
 
+def test_seeds_queued_only_as_far_as_the_budget_has_room(tmp_path):
+    from searchcomp.search.runner import enqueue_seeds
+    from searchcomp.search.trial import prepare
+
+    space = load_space(_space_file(tmp_path, steps=1))
+    ctx = prepare(space, progress=False, log=_quiet)
+    study = open_study(space)
+    assert enqueue_seeds(study, ctx, n_trials=1) == 1  # the base first; no room for more
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["tag"] for t in waiting] == ["base"]
+    assert enqueue_seeds(study, ctx, n_trials=1) == 0  # the queued base takes the room
+    assert enqueue_seeds(study, ctx, n_trials=5) == 1  # a larger budget: the rest
+
+
 def test_changing_constraints_on_a_study_is_refused(tmp_path):
     from searchcomp.errors import SearchcompError
 

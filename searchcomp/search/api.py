@@ -89,7 +89,7 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
         _remeasure(ctx, study, lock, log)
         return RunSummary(name, url, len(done_trials(study)) - before, len(done_trials(study)),
                           greedy)
-    queued = enqueue_seeds(study, ctx, lock)
+    queued = enqueue_seeds(study, ctx, lock, n)
     if queued:
         log(f"queued {queued} seed trial(s): the base and the uniform configurations")
     done = len(done_trials(study))

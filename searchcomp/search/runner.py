@@ -360,12 +360,15 @@ class Searcher:
 
 
 def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
-                  lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None
-                  ) -> int:
+                  lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+                  n_trials: int | None = None) -> int:
     """Queue the base (every block ``keep``) and the space's uniform seed configurations
     that no done, queued or running trial of the study already has (so a seed interrupted
-    by Ctrl-C is queued again). Under the study ``lock`` this is idempotent across workers
-    started together. Returns how many were queued."""
+    by Ctrl-C is queued again), in that order and, with ``n_trials``, no more than the
+    budget has room for (done, running and queued trials take room): nothing is left
+    queued when the run ends, and a later run with a larger budget queues the rest. Under
+    the study ``lock`` this is idempotent across workers started together. Returns how many
+    were queued."""
     from searchcomp.candidate import uniform_recipe
 
     head_values = ctx.space.blocks.head
@@ -377,9 +380,16 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
                                     if not (k == "head" and v == KEEP))
         seeds.append((tag, uniform_recipe(ctx.blocks, head=head, **cfg)))
     with (lock or _no_lock)():
-        present = taken_keys(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        present = taken_keys(trials)
+        room = None
+        if n_trials is not None:
+            room = n_trials - sum(1 for t in trials if is_done(t) or t.state in
+                                  (TrialState.RUNNING, TrialState.WAITING))
         seen = set()
         for tag, recipe in seeds:
+            if room is not None and len(seen) >= room:
+                break
             params = recipe_params(recipe, ctx.blocks, head_values)
             key = params_key(params)
             if key in seen or key in present:
