@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="ray: GPUs per trial")
 
+    p = sub.add_parser("profile", help="the sensitivity table: every single change per block, "
+                                       "briefly recovered and scored (kept with the study)")
+    _add_space(p)
+    p.add_argument("--study", metavar="NAME", help="study name (default: the space's name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
     _add_space(p)
     _add_study(p)
@@ -147,6 +154,20 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from searchcomp.results.sensitivity import to_json, to_text
+    from searchcomp.search.profile import profile_space
+
+    space = _load(args)
+    try:
+        res = profile_space(space, study_name=args.study, log=_stderr, progress=not args.quiet)
+    except KeyboardInterrupt:
+        _stderr("interrupted: the rows computed so far are kept; run the same command to go on")
+        return 130
+    print(json.dumps(to_json(res), indent=2) if args.json else to_text(res))
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from searchcomp.results.dashboard import serve
     space = _load(args)
@@ -194,7 +215,8 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "front": _cmd_front,
+COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "profile": _cmd_profile,
+            "front": _cmd_front,
             "dashboard": _cmd_dashboard, "report": _cmd_report, "export": _cmd_export}
 
 

@@ -23,6 +23,7 @@ from searchcomp.config.schema import (
     FinetuneConfig,
     MeasureConfig,
     ModelConfig,
+    ProfileConfig,
     SearchConfig,
     Space,
     split_value,
@@ -30,5 +31,5 @@ from searchcomp.config.schema import (
 
 __all__ = ["CHOICES", "FLOAT_BITS", "KEEP", "NEUTRAL", "OBJECTIVES", "SAMPLERS", "SUPPORTED_BITS",
            "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
-           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "SearchConfig",
+           "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "ProfileConfig", "SearchConfig",
            "Space", "load_space", "parse_override", "split_value"]

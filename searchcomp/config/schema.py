@@ -29,7 +29,7 @@ OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimiz
 CHOICES = ("conv", "prune", "bits")
 KEEP = "keep"
 NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
-SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "surrogate")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
 
@@ -253,6 +253,16 @@ class MeasureConfig(_Strict):
     runtime: Literal["torch", "onnxruntime"] = "torch"
 
 
+class ProfileConfig(_Strict):
+    """The sensitivity table (``searchcomp profile``): every single change, briefly recovered."""
+
+    #: fine-tune steps each single-change candidate gets before it is scored (0 = none)
+    steps: int = Field(20, ge=0)
+    #: the recovery's seed (the same for every row, so rows differ only by their change);
+    #: default: ``search.seed``
+    seed: int | None = None
+
+
 class SearchConfig(_Strict):
     """The search driver's settings (the command line may override them)."""
 
@@ -303,6 +313,7 @@ class Space(_Strict):
     constraints: ConstraintsConfig = ConstraintsConfig()
     measure: MeasureConfig = MeasureConfig()
     search: SearchConfig = SearchConfig()
+    profile: ProfileConfig = ProfileConfig()
     #: overrides (``dotted.key: value``) that ``--quick`` applies
     quick: dict[str, Any] = Field(default_factory=dict)
     #: where studies and cached base models are written

@@ -139,6 +139,9 @@ class Searcher:
         #: the study's quota of done trials while :meth:`run` runs (several workers share it)
         self.target: int | None = None
         self.skipped = False
+        #: a trial -> (model, its recipe) to build that trial from instead of the base (the
+        #: cumulative greedy), or None; such a trial never reuses another's result
+        self.start_from: Callable[[Trial], tuple[Any, Recipe] | None] | None = None
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
@@ -158,7 +161,8 @@ class Searcher:
             # back; the sampler proposes something else next time
             trial.set_user_attr(SKIPPED, True)
             raise optuna.TrialPruned("skipped: another worker runs the same choices")
-        same = self._same_recipe(trial)
+        start = self.start_from(trial) if self.start_from else None
+        same = self._same_recipe(trial) if start is None else None
         if same is not None:  # samplers can repeat themselves; a fine-tune is too dear to redo
             for k, v in same.user_attrs.items():
                 if k not in ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass"):
@@ -174,7 +178,8 @@ class Searcher:
         try:
             trial.set_user_attr("seed", self.seed + trial.number)
             outcome = run_trial(ctx, recipe, self.seed + trial.number, weights_name(trial.number),
-                                on_step=self.progress.step if self.progress else None)
+                                on_step=self.progress.step if self.progress else None,
+                                start=start)
         except BelowFloor as e:
             trial.set_user_attr(STOPPED_REASON, str(e))
             trial.set_user_attr("accuracy_at_check", e.accuracy)
