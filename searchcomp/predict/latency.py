@@ -177,3 +177,56 @@ def latency_error(predicted: list[float], measured: list[float]) -> dict[str, fl
     rel = np.array([(p - m) / m for p, m in pairs])
     return {"trials": len(pairs), "mean_abs_rel": float(np.mean(np.abs(rel))),
             "max_abs_rel": float(np.max(np.abs(rel))), "mean_rel": float(np.mean(rel))}
+
+
+class LatencyCalibration:
+    """Maps the block table's latency to the measured one, learned from finished trials.
+
+    Blocks timed one at a time keep their weights in cache; inside a whole model that is
+    larger than the cache every forward pass streams the weights from memory, while a small
+    compressed model fits and runs hot. So the measured latency is fitted as
+    ``a * table + b * float MiB of the weights + c`` (non-negative least squares, scipy)
+    once ``MIN_TRIALS`` trials are measured; before that the table is used as it is.
+    """
+
+    MIN_TRIALS = 4
+
+    def __init__(self) -> None:
+        self.coef: np.ndarray | None = None
+
+    @staticmethod
+    def _features(table_ms: np.ndarray, params: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(table_ms, float), np.asarray(params, float) * 4 / 2**20,
+                         np.ones(len(np.atleast_1d(table_ms)))], axis=1)
+
+    def fit(self, table_ms: np.ndarray, params: np.ndarray, measured: np.ndarray
+            ) -> LatencyCalibration:
+        """Fit on trials (their table prediction, params and measured latency)."""
+        from scipy.optimize import nnls
+
+        ok = np.isfinite(table_ms) & np.isfinite(measured)
+        self.coef = None
+        if ok.sum() >= self.MIN_TRIALS:
+            self.coef, _ = nnls(self._features(table_ms[ok], params[ok]), measured[ok])
+        return self
+
+    def apply(self, table_ms: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """The calibrated latency (the table's when not fitted)."""
+        if self.coef is None:
+            return np.asarray(table_ms, float)
+        return self._features(table_ms, params) @ self.coef
+
+
+def calibrated_error(table_ms: list[float], params: list[float], measured: list[float]
+                     ) -> dict[str, float] | None:
+    """:func:`latency_error` of the calibration, each trial predicted by a fit on the others
+    (leave-one-out: no trial judges a fit it took part in)."""
+    t, p, m = (np.asarray(v, float) for v in (table_ms, params, measured))
+    if len(t) <= LatencyCalibration.MIN_TRIALS:
+        return None
+    pred = []
+    for i in range(len(t)):
+        keep = np.arange(len(t)) != i
+        cal = LatencyCalibration().fit(t[keep], p[keep], m[keep])
+        pred.append(float(cal.apply(t[i:i + 1], p[i:i + 1])[0]))
+    return latency_error(pred, list(m))

@@ -4,7 +4,7 @@ predicted accuracy with its uncertainty; and the candidate recipes worth scoring
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from searchcomp.config import CHOICES, OBJECTIVES
 from searchcomp.predict.accuracy import AccuracyModel
 from searchcomp.predict.costs import CostTable
+from searchcomp.predict.latency import LatencyCalibration
 from searchcomp.predict.layout import Layout, row_keys
 
 
@@ -25,17 +26,27 @@ class Predictor:
     accuracy: AccuracyModel
     #: the base's measured metrics: costs are normalised by them
     base: dict[str, Any]
+    latency: LatencyCalibration = field(default_factory=LatencyCalibration)
 
     def predict(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric of each row."""
+        """Every metric of each row (latency calibrated on the trials, see :meth:`fit`)."""
         rows = np.atleast_2d(rows)
         out = self.costs.predict(rows)
+        if "latency_ms" in out:
+            out["latency_ms"] = self.latency.apply(out["latency_ms"],
+                                                   out.get("params", np.zeros(len(rows))))
         out["accuracy"], out["accuracy_sd"] = self.accuracy.predict(rows)
         return out
 
-    def fit(self, rows: np.ndarray, accuracy: np.ndarray) -> Predictor:
-        """Correct the accuracy prior with measured trials."""
+    def fit(self, rows: np.ndarray, accuracy: np.ndarray,
+            latency_ms: np.ndarray | None = None) -> Predictor:
+        """Correct the accuracy prior with measured trials (and calibrate the latency table
+        on their measured latencies, when given)."""
         self.accuracy.fit(rows, accuracy)
+        if latency_ms is not None and "latency_ms" in self.costs.metrics and len(rows):
+            raw = self.costs.predict(rows)
+            self.latency.fit(raw["latency_ms"], raw.get("params", np.zeros(len(rows))),
+                             np.asarray(latency_ms, float))
         return self
 
     def normalized(self, metrics: dict[str, np.ndarray], objectives: list[str]) -> np.ndarray:

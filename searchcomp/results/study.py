@@ -26,6 +26,8 @@ class Results:
     front: list[dict[str, Any]]
     greedy: dict[str, Any] | None
     hypervolume: float
+    #: predicted vs measured latency of the trials (see :mod:`.checks`), when asked for
+    latency_check: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
@@ -51,7 +53,9 @@ class Results:
         return {"study": self.study, "storage": self.storage, "objectives": self.objectives,
                 "base": self.base, "front": [point(r) for r in self.front],
                 "greedy": self.greedy, "hypervolume": self.hypervolume,
-                "trials": self.counts()}
+                "trials": self.counts(),
+                "latency_check": None if not self.latency_check else
+                {k: v for k, v in self.latency_check.items() if k != "points"}}
 
     def to_text(self) -> str:
         """The front as a table, with the base and greedy rows."""
@@ -83,15 +87,20 @@ class Results:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
                              f"{g['threshold']}")
         from searchcomp.candidate import legend
+        from searchcomp.results.checks import describe_latency_check
 
         lines.append("")
+        check = describe_latency_check(self.latency_check)
+        if check:
+            lines.append(check)
         lines.append(legend())
         return "\n".join(lines)
 
 
 def load_results(space: Space, *, storage: str | None = None,
-                 study_name: str | None = None) -> Results:
-    """Read the study of ``space`` (it must exist)."""
+                 study_name: str | None = None, check_latency: bool = False) -> Results:
+    """Read the study of ``space`` (it must exist); ``check_latency`` compares the latency
+    table's predictions with the measured trials, when the study has a table."""
     name = study_name or space.name
     study = open_study(space, storage=storage, study_name=name, load_only=True)
     objectives = list(study.user_attrs.get("objectives") or space.objectives)
@@ -115,5 +124,10 @@ def load_results(space: Space, *, storage: str | None = None,
         src = src if src is not None else {**base, "recipe": {"blocks": {}, "head": "keep"}}
         greedy.update({k: src.get(k) for k in (*SHOWN, "flops")})
         greedy["recipe"] = (src.get("recipe") or {}).get("blocks", {})
+    check = None
+    if check_latency:
+        from searchcomp.results.checks import latency_check
+
+        check = latency_check(space, rows, name)
     return Results(name, resolve_storage(space, storage, name), objectives, base, rows, front,
-                   greedy, hv)
+                   greedy, hv, check)

@@ -12,7 +12,7 @@ expectation has a closed form with the normal CDF: exact, no Monte-Carlo samplin
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from searchcomp.search.front import dominated_volume
 
@@ -77,7 +77,7 @@ def expected_improvement(front: np.ndarray, cand: np.ndarray, sd: np.ndarray | N
         if t == -np.inf:
             return np.zeros_like(mu)
         z = (t - mu) / sd
-        return sd * (z * norm.cdf(z) + norm.pdf(z))
+        return sd * (z * ndtr(z) + np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
 
     total = np.zeros(len(cand))
     prev = psi(bounds[0])

@@ -29,4 +29,8 @@ def make_sampler(name: str, seed: int, n_trials: int, population: int | None
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "surrogate":  # random until run_search attaches its predictor
+        from searchcomp.search.surrogate import SurrogateSampler
+
+        return SurrogateSampler(seed=seed)
     raise SearchcompError(f"--sampler: unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")

@@ -12,7 +12,6 @@ storage, resume, several workers, Ray's ``OptunaSearch`` and the dashboard. Unti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.config import CHOICES
+from searchcomp.predict.budget import COSTS, Budget
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.predictor import Predictor
 from searchcomp.search.acquisition import expected_improvement
@@ -29,36 +29,6 @@ from searchcomp.search.front import pareto_front
 
 #: user attribute holding what the predictor expected of a trial before it ran
 PREDICTED = "predicted"
-
-
-@dataclass
-class Region:
-    """Where the search spends its trials: reference bounds of the hypervolume (the base's
-    costs and accuracy 0, tightened by constraints and ``--target``)."""
-
-    #: metric -> largest allowed value (costs)
-    max_costs: dict[str, float] = field(default_factory=dict)
-    min_accuracy: float | None = None
-
-    def reference(self, objectives: list[str], base: dict[str, Any]) -> np.ndarray:
-        """The reference point in normalised objectives."""
-        ref = []
-        for o in objectives:
-            if o == "accuracy":
-                ref.append(1.0 - (self.min_accuracy or 0.0))
-            else:
-                limit = self.max_costs.get(o)
-                ref.append(min(1.0, limit / float(base[o])) if limit is not None else 1.0)
-        return np.array(ref)
-
-    def inside(self, metrics: dict[str, np.ndarray]) -> np.ndarray:
-        """Which rows' (predicted) costs are inside the region."""
-        n = len(next(iter(metrics.values())))
-        ok = np.ones(n, dtype=bool)
-        for k, limit in self.max_costs.items():
-            if k in metrics:
-                ok &= np.nan_to_num(metrics[k], nan=np.inf) <= limit
-        return ok
 
 
 class SurrogateSampler(BaseSampler):
@@ -70,16 +40,16 @@ class SurrogateSampler(BaseSampler):
         self._random = RandomSampler(seed=seed)
         self.predictor: Predictor | None = None
         self.objectives: list[str] = []
-        self.region = Region()
+        self.region = Budget()
         self._params: list[str] = []
 
-    def attach(self, predictor: Predictor, objectives: list[str], region: Region | None = None,
+    def attach(self, predictor: Predictor, objectives: list[str], region: Budget | None = None,
                params: list[str] | None = None) -> SurrogateSampler:
         """Give the sampler its predictor and objectives; ``params`` are the Optuna parameter
         names of the layout's columns (default ``<block>/<choice>`` and ``head``)."""
         lay = predictor.layout
         self.predictor, self.objectives = predictor, list(objectives)
-        self.region = region or Region()
+        self.region = region or Budget()
         self._params = params or [f"{b}/{c}" for b in lay.blocks for c in CHOICES] + ["head"]
         return self
 
@@ -150,7 +120,8 @@ class SurrogateSampler(BaseSampler):
             a = t.user_attrs
             if t.state == TrialState.COMPLETE and all(o in a for o in self.objectives):
                 done.append(row)
-                metrics.append({**{o: float(a[o]) for o in self.objectives},
+                metrics.append({**{k: float(a[k]) for k in {*self.objectives, "accuracy",
+                                                            "latency_ms"} if k in a},
                                 "feasible": bool(a.get("feasible", True))})
             elif t.state == TrialState.RUNNING:
                 running.append(row)
@@ -164,8 +135,8 @@ class SurrogateSampler(BaseSampler):
         pred, obj = self.predictor, self.objectives
         done, metrics, running, seen = self.observations(
             study, trial.number if trial is not None else None)
-        if "accuracy" in obj:
-            pred.fit(done, np.array([m["accuracy"] for m in metrics]))
+        pred.fit(done, np.array([m.get("accuracy", np.nan) for m in metrics]),
+                 np.array([m.get("latency_ms", np.nan) for m in metrics]))
         ref = self.region.reference(obj, pred.base)
         rows_m = [{**m, "i": i} for i, m in enumerate(metrics)]
         front_rows = pareto_front(rows_m, obj)
@@ -185,7 +156,7 @@ class SurrogateSampler(BaseSampler):
             cand = pred.normalized(p, obj)[:, order]
             ehvi = expected_improvement(front_arr[:, order], cand,
                                         p["accuracy_sd"] if uncertain else None, ref[order])
-            return np.where(self.region.inside(p), ehvi, -1.0)
+            return np.where(self.region.inside(_costs(p)), ehvi, -1.0)
 
         seeds = done[[r["i"] for r in front_rows]] if front_rows else None
         rows, scores = pred.search(score, obj, self._rng, seeds=seeds, exclude=seen)
@@ -194,7 +165,7 @@ class SurrogateSampler(BaseSampler):
         best = rows[0]
         if scores[0] <= 0:  # nothing is expected to improve the front: explore the unsure
             p = pred.predict(rows)
-            inside = self.region.inside(p)
+            inside = self.region.inside(_costs(p))
             cand = np.flatnonzero(inside) if inside.any() else np.arange(len(rows))
             best = rows[cand[np.argmax(p["accuracy_sd"][cand])]]
         p = pred.predict(best[None])
@@ -202,6 +173,10 @@ class SurrogateSampler(BaseSampler):
         info.update({"ehvi": float(max(scores[0], 0.0)), "trained_on": len(metrics),
                      "sampler": "surrogate"})
         return best, info
+
+
+def _costs(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in metrics.items() if k in COSTS}
 
 
 def layout_params(layout: Layout, param_name) -> list[str]:
