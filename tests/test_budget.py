@@ -119,3 +119,14 @@ def test_predicted_best_unmeasured_recipe_in_the_budget(fixture_study, capsys):
     assert main(["front", str(space.file), "--max-size-mib", str(limit), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predicted"]["recipe"] == c["recipe"] and out["measured"]["trial"] == 1
+
+
+def test_run_options_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
+    spec = str(_space_file(tmp_path))
+    for argv, why in ((["--target", "size_mib<=2", "--sampler", "nsga2"], "--target steers"),
+                      (["--target", "size<=2"], "not a limit"),
+                      (["--threshold", "0.5"], "for --strategy greedy"),
+                      (["--strategy", "greedy", "--threshold", "0.5", "--max-drop", "0.1"],
+                       "not both")):
+        assert main(["run", spec, *argv]) == 2
+        assert why in capsys.readouterr().err

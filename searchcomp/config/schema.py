@@ -257,7 +257,7 @@ class ProfileConfig(_Strict):
     """The sensitivity table (``searchcomp profile``): every single change, briefly recovered."""
 
     #: fine-tune steps each single-change candidate gets before it is scored (0 = none)
-    steps: int = Field(20, ge=0)
+    steps: int = Field(24, ge=0)
     #: the recovery's seed (the same for every row, so rows differ only by their change);
     #: default: ``search.seed``
     seed: int | None = None

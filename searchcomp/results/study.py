@@ -82,7 +82,8 @@ class Results:
             g = self.greedy
             if g.get("trial") is not None:
                 lines.append(fmt("greedy", g, f"trial {g['trial']}: {g.get('swap')} on "
-                                 f"{len(g['kept'])} block(s), threshold {g['threshold']}"))
+                                 f"{len(g['kept'])} block(s), threshold {g['threshold']:.4g}, "
+                                 f"{g.get('form')}"))
             else:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
                              f"{g['threshold']}")
@@ -117,7 +118,8 @@ def load_results(space: Space, *, storage: str | None = None,
     greedy = None
     g = study.user_attrs.get("greedy")
     if g:
-        greedy = {"threshold": g["threshold"], "swap": g.get("swap"), "kept": g["kept"],
+        greedy = {"threshold": g["threshold"], "form": g.get("form", "rebuild"),
+                  "swap": g.get("swap"), "kept": g["kept"],
                   "trial": g["result_trial"],
                   "steps": len(g["steps"])}
         src = next((r for r in rows if r["trial"] == g["result_trial"]), None)
