@@ -142,9 +142,10 @@ def main() -> None:
     if profile is not None:
         rows = [r for r in profile.rows() if r["accuracy"] is not None]
         equiv = len(rows) * space.profile.steps / max(steps, 1)
+        cost = sum(r.get("seconds") or 0 for r in rows)
         print(f"profile: {len(rows)} rows x {space.profile.steps} recovery steps = "
-              f"{equiv:.1f} fine-tune equivalents of {steps} steps; {prof_s:.0f} s this run "
-              f"({profile.computed} rows computed, the rest reused)")
+              f"{equiv:.1f} fine-tune equivalents of {steps} steps, {cost:.0f} s when computed "
+              f"({profile.computed} rows computed in this run, {prof_s:.0f} s)")
     print(f"budget {args.budget} fine-tunes of {steps} steps, seeds {args.seeds}; objectives "
           f"{', '.join(objectives)}; base val acc {base['accuracy']:.4f}, "
           f"{base['size_mib']:.2f} MiB, {base['latency_ms']:.2f} ms (median)")
