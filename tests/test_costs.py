@@ -50,7 +50,8 @@ def _real(base, recipe, blocks, head, shape):
                    "flops": count_flops(m, shape)}
 
 
-@pytest.mark.parametrize("arch,size,round_to", [("resnet18", 8, 1), ("resnet50", 16, 4)])
+@pytest.mark.parametrize("arch,size,round_to", [
+    ("resnet18", 8, 1), pytest.param("resnet50", 16, 4, marks=pytest.mark.slow)])
 def test_shape_only_costs_equal_the_built_model(tmp_path, arch, size, round_to):
     space, base, blocks, head = _setup(tmp_path, arch, size, round_to=round_to)
     shape = input_shape(space.model)

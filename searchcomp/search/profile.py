@@ -18,6 +18,7 @@ import torch
 
 from searchcomp.candidate import Recipe, build
 from searchcomp.config import KEEP, Space
+from searchcomp.errors import ChoiceError
 from searchcomp.predict.assemble import Tables, open_tables
 from searchcomp.predict.sensitivity import (
     REFERENCE,
@@ -28,7 +29,7 @@ from searchcomp.predict.sensitivity import (
     wanted_rows,
 )
 from searchcomp.search.trial import TrialContext, prepare
-from searchcomp.train import evaluate, finetune
+from searchcomp.train import DivergedError, evaluate, finetune
 
 
 @dataclass
@@ -144,8 +145,12 @@ def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], Non
     with tqdm(total=len(todo), desc="profile", unit="row", disable=not progress) as rows_bar:
         for block, choice, value in todo:
             rows_bar.set_postfix_str(f"{block or 'base'} {choice} {value}", refresh=False)
-            row = profile_row(ctx, block, choice, value)
-            tables.store.put(SECTION, row_key(actx, block, choice, value), row)
+            try:
+                row = profile_row(ctx, block, choice, value)
+            except (ChoiceError, DivergedError) as e:  # the prior leaves it unknown
+                log(f"profile: {block or 'base'} {choice}={value} failed ({e}); left out")
+            else:
+                tables.store.put(SECTION, row_key(actx, block, choice, value), row)
             rows_bar.update(1)
     return tables.reload(space), len(todo)
 
