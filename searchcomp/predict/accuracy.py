@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from searchcomp.config import CHOICES
+from searchcomp.predict.costs import CostTable
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.sensitivity import Sensitivity
 
@@ -44,48 +45,76 @@ class AccuracyModel:
     """Predicts validation accuracy (mean and sd) of layout rows."""
 
     def __init__(self, layout: Layout, sensitivity: Sensitivity | None,
-                 base_accuracy: float, seed: int = 0) -> None:
+                 base_accuracy: float, seed: int = 0, costs: CostTable | None = None) -> None:
         self.layout = layout
         self.seed = seed
+        self.costs = costs
         ref = sensitivity.reference if sensitivity is not None else None
         self.reference = float(base_accuracy if ref is None else ref)
         if sensitivity is not None:
             blocks, head = sensitivity.prior(layout)
+            err_blocks, err_head = sensitivity.prior(layout, "error")
         else:
             blocks = [[np.full(len(v), np.nan) for v in vs] for vs in layout.values]
             head = np.full(len(layout.head), np.nan)
+            err_blocks, err_head = blocks, head
         #: per block, per choice: each value's accuracy change (NaN: not in the table)
         self.block_deltas = blocks
         #: each head value's accuracy change
         self.head_deltas = head
+        self._errors = (err_blocks, err_head)
         self._neutral = layout.neutral_row()
         self._gp = None
         self._kernel = None
         self._offset = 0.0
         self.trained_on = 0
+        probe = layout.random_rows(np.random.default_rng(0), 256)
+        self._scale = np.maximum(np.abs(self._raw_features(probe)[0]).max(axis=0), 1e-6)
 
-    def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: the prior's summed changes per kind (conv, prune, bits, head) and the
-        share of changed choices; and the count of changes the table does not know."""
-        rows = np.atleast_2d(rows)
+    @staticmethod
+    def _sums(rows: np.ndarray, blocks: list[list[np.ndarray]], head: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the values summed per kind (conv, prune, bits, head), and how many are
+        unknown (NaN, counted as 0 in the sums)."""
         n = len(CHOICES)
         parts = np.zeros((len(rows), n + 1))
         unknown = np.zeros(len(rows))
-        for i, per in enumerate(self.block_deltas):
+        for i, per in enumerate(blocks):
             for k in range(n):
                 d = per[k][rows[:, n * i + k]]
                 unknown += np.isnan(d)
                 parts[:, k] += np.nan_to_num(d)
-        d = self.head_deltas[rows[:, -1]]
+        d = head[rows[:, -1]]
         unknown += np.isnan(d)
         parts[:, n] = np.nan_to_num(d)
-        changed = (rows != self._neutral).mean(axis=1, keepdims=True)
-        return np.hstack([parts, changed]), unknown
+        return parts, unknown
+
+    def _raw_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.atleast_2d(rows)
+        deltas, unknown = self._sums(rows, self.block_deltas, self.head_deltas)
+        errors, _ = self._sums(rows, *self._errors)
+        changed = (rows != self._neutral).mean(axis=1)
+        size = np.zeros(len(rows))
+        if self.costs is not None and "params" in self.costs.metrics:
+            params = self.costs.predict(rows)["params"]
+            size = np.log(np.maximum(params, 1.0) / max(float(self.costs.base["params"]), 1.0))
+        f = np.column_stack([deltas.sum(axis=1), errors[:, 0] + errors[:, 3], errors[:, 1],
+                             errors[:, 2], changed, size])
+        return f, unknown
+
+    def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the residual model sees of a row, scaled to about [-1, 1]: the prior's
+        summed accuracy change, the output errors summed per kind (conv and head, prune,
+        bits), the share of changed choices and the log of the params ratio to the base;
+        and the count of changes the table does not know."""
+        f, unknown = self._raw_features(rows)
+        return f / self._scale, unknown
 
     def prior(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The additive prior's mean and sd."""
-        f, unknown = self.features(rows)
-        total = f[:, :-1].sum(axis=1)
+        rows = np.atleast_2d(rows)
+        deltas, unknown = self._sums(rows, self.block_deltas, self.head_deltas)
+        total = deltas.sum(axis=1)
         sd = np.sqrt(NOISE_SD ** 2 + (PRIOR_REL_SD * total) ** 2 + unknown * UNKNOWN_SD ** 2)
         return self.reference + total, sd
 

@@ -35,7 +35,8 @@ class Tables:
     def predictor(self, base: dict[str, Any], seed: int = 0) -> Predictor:
         """A predictor over the layout; ``base`` holds the base's measured metrics."""
         costs = self.shapes.table(self.layout).merged(self.latency.table(self.layout))
-        model = AccuracyModel(self.layout, self.sensitivity, float(base["accuracy"]), seed)
+        model = AccuracyModel(self.layout, self.sensitivity, float(base["accuracy"]), seed,
+                              costs)
         return Predictor(self.layout, costs, model, dict(base))
 
     def reload(self, space: Space) -> Tables:

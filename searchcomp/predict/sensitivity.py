@@ -87,23 +87,36 @@ class Sensitivity:
             return 0.0
         row = self.rows.get((block, choice, _norm(choice, value)))
         ref = self.reference
-        return None if row is None or ref is None else float(row["accuracy"]) - ref
+        if row is None or ref is None or row.get("accuracy") is None:
+            return None
+        return float(row["accuracy"]) - ref
 
     def complete(self, layout: Layout) -> bool:
         """True when every row the layout needs is known."""
         return all(r in self.rows for r in wanted_rows(layout, self.head_name))
 
-    def prior(self, layout: Layout) -> tuple[list[list[np.ndarray]], np.ndarray]:
-        """Accuracy change of every value, as arrays indexed like a layout row: per block,
-        one array per choice; and one for the head. Unknown changes are NaN."""
+    def error(self, block: str, choice: str, value: Any) -> float | None:
+        """Output error right after one single change (0 for no change; None: unknown)."""
+        if value == (KEEP if choice == "head" else NEUTRAL[choice]):
+            return 0.0
+        row = self.rows.get((block, choice, _norm(choice, value)))
+        return None if row is None or row.get("output_error") is None else \
+            float(row["output_error"])
+
+    def prior(self, layout: Layout, what: str = "delta"
+              ) -> tuple[list[list[np.ndarray]], np.ndarray]:
+        """Accuracy change (``what="delta"``) or output error (``"error"``) of every value,
+        as arrays indexed like a layout row: per block, one array per choice; and one for
+        the head. Unknown values are NaN."""
+        get = self.delta if what == "delta" else self.error
         blocks = []
         for i, b in enumerate(layout.blocks):
             per = []
             for k, c in enumerate(CHOICES):
-                per.append(np.array([np.nan if (d := self.delta(b, c, v)) is None else d
+                per.append(np.array([np.nan if (d := get(b, c, v)) is None else d
                                      for v in layout.values[i][k]]))
             blocks.append(per)
-        head = np.array([np.nan if (d := self.delta(self.head_name, "head", h)) is None else d
+        head = np.array([np.nan if (d := get(self.head_name, "head", h)) is None else d
                          for h in layout.head])
         return blocks, head
 
