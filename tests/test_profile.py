@@ -4,6 +4,7 @@ space grows."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from searchcomp.search import profile as profile_mod
 from searchcomp.search.profile import fill_profile, read_profile
 from searchcomp.search.trial import prepare
 
+RAY = importlib.util.find_spec("ray") is not None
 SPACE = """\
 name: prof
 model: {{arch: resnet18, num_classes: 10, in_channels: 1, image_size: 8}}
@@ -124,7 +126,7 @@ def test_table_is_reused_and_only_new_rows_run(prepared, monkeypatch):
 
 
 @pytest.mark.slow
-def test_profile_command_then_surrogate_run_and_report(tmp_path, capsys):
+def test_profile_command_then_surrogate_run_and_report(tmp_path, capsys, monkeypatch):
     spec = _space_file(tmp_path, steps=1)
     assert main(["profile", str(spec), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -133,9 +135,15 @@ def test_profile_command_then_surrogate_run_and_report(tmp_path, capsys):
     assert main(["profile", str(spec), "--json", "--quiet"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["computed"] == 0 and len(data["rows"]) == 8
-    assert main(["run", str(spec), "--sampler", "surrogate", "--quiet", "--trials", "3"]) == 0
+    # on Ray when it is installed: OptunaSearch asks the same sampler (the local loop is
+    # what the other tests and the bench use)
+    ray = ["--backend", "ray", "--concurrency", "2"] if RAY else []
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    assert main(["run", str(spec), "--sampler", "surrogate", "--quiet", "--trials", "3",
+                 *ray]) == 0
     err = capsys.readouterr().err
     assert "profile:" not in err  # the table was reused
+    assert ("up to 2 trials at once" in err) is bool(RAY)
     space = load_space(spec)
     from searchcomp.search.study import open_study
 
