@@ -117,14 +117,14 @@ class ShapeCosts:
     def resized(self, recipe: Recipe) -> dict[str, dict[str, int]]:
         """The layer sizes pruning leaves (what :attr:`searchcomp.candidate.Built.resized`
         holds after a real build), by arithmetic on the traced pruning groups."""
+        from searchcomp.choices.prune import n_remove
+
         out: dict[str, dict[str, int]] = {}
         for b in self.blocks:
             ratio = float(recipe.choice(b, "prune"))
             if not ratio:
                 continue
             rt = math.lcm(self.prune_round_to, choices.channel_multiple(recipe.choice(b, "conv")))
-            from searchcomp.choices.prune import n_remove
-
             done: set[str] = set()
             for conv, members in self.groups.get(b, []):
                 if conv in done:
