@@ -198,8 +198,42 @@ def main() -> None:
             from searchcomp.results.checks import describe_latency_check
 
             print(f"surrogate s{seed}: {describe_latency_check(lc.latency_check)}")
+    if "surrogate" in args.strategies:
+        others = [x for x in args.strategies if x not in ("surrogate", "greedy")]
+        for seed in args.seeds:
+            tau, n = unseen_tau(space, name("surrogate", seed),
+                                [name(x, seed) for x in others], base)
+            if tau is not None:
+                print(f"predictor fitted on surrogate s{seed}'s trials, on the {n} trials of "
+                      f"{'/'.join(others)} s{seed} it never saw: Kendall tau {tau:.2f}")
     _plot(html_curves, args.html, objectives)
     print(f"\ncurves: {args.html}")
+
+
+def unseen_tau(space, fitted_on: str, others: list[str], base: dict
+               ) -> tuple[float | None, int]:
+    """Kendall's tau of the predictor fitted on one study's trials (and its profile) on the
+    trials of other studies whose recipes it never saw."""
+    from searchcomp.models import build_model, find_blocks, find_head
+    from searchcomp.predict.assemble import open_tables
+
+    model = build_model(space.model).eval()
+    blocks = find_blocks(model, space)
+    head, _ = find_head(model, space)
+    tables = open_tables(space, model, blocks, head, fitted_on)
+    pred = tables.predictor(base)
+    seen = _trials(space, fitted_on)
+    rows = np.array([tables.layout.encode(t["recipe"]) for t in seen])
+    pred.fit(rows, np.array([t["accuracy"] for t in seen]),
+             np.array([t["latency_ms"] for t in seen]))
+    known = {r.tobytes() for r in rows}
+    pairs = []
+    for study in others:
+        for t in _trials(space, study):
+            row = tables.layout.encode(t["recipe"])
+            if row.tobytes() not in known:
+                pairs.append((float(pred.predict(row[None])["accuracy"][0]), t["accuracy"]))
+    return kendall(pairs), len(pairs)
 
 
 def _trials(space, study_name: str) -> list[dict]:
