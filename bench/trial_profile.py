@@ -154,7 +154,8 @@ def profile(space_name: str, settings: str, args, tmp: Path) -> None:
     space = load_space(file, overrides, quick=quick)
     if sub:
         ckpt = _untrained_checkpoint(space, tmp)
-        overrides += ["base.source=checkpoint", f"base.path={ckpt}"]
+        overrides += ["base.source=checkpoint", f"base.path={ckpt}",
+                      f"model.small_input={str(bool(space.model.small_input)).lower()}"]
         notes.append("untrained base (a checkpoint of fresh weights)")
     space = load_space(file, overrides, quick=quick)
     clock = Clock()

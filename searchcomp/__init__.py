@@ -34,13 +34,16 @@ _LAZY = {
     "inspect_space": "searchcomp.overview",
     "run_search": "searchcomp.search.api",
     "load_results": "searchcomp.results.study",
+    "profile_space": "searchcomp.search.profile",
+    "answer_budget": "searchcomp.results.budget",
+    "Budget": "searchcomp.predict.budget",
     "export_trial": "searchcomp.results.export",
     "load": "searchcomp.deploy.load",
 }
 
-__all__ = ["ChoiceError", "DataError", "Metrics", "Recipe", "SearchcompError", "Space",
-           "SpaceError", "build", "export_trial", "inspect_space", "load", "load_results",
-           "load_space", "measure", "run_search"]
+__all__ = ["Budget", "ChoiceError", "DataError", "Metrics", "Recipe", "SearchcompError",
+           "Space", "SpaceError", "answer_budget", "build", "export_trial", "inspect_space",
+           "load", "load_results", "load_space", "measure", "profile_space", "run_search"]
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +64,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from searchcomp.deploy.load import load
     from searchcomp.measure import Metrics, measure
     from searchcomp.overview import inspect_space
+    from searchcomp.predict.budget import Budget
+    from searchcomp.results.budget import answer_budget
     from searchcomp.results.export import export_trial
     from searchcomp.results.study import load_results
     from searchcomp.search.api import run_search
+    from searchcomp.search.profile import profile_space

@@ -43,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler and trial seed")
     p.add_argument("--strategy", choices=["search", "greedy"], default="search",
                    help="search: multi-objective Optuna (default); greedy: the source's rule")
-    p.add_argument("--threshold", type=float, default=0.70,
+    p.add_argument("--threshold", type=float,
                    help="greedy: keep a swap if validation accuracy >= this (default 0.70)")
+    p.add_argument("--max-drop", type=float, metavar="D",
+                   help="greedy: keep a swap if validation accuracy >= the base's minus D")
+    p.add_argument("--greedy-form", choices=["cumulative", "rebuild"], default="cumulative",
+                   help="greedy: each step starts from the last kept step's fine-tuned model "
+                        "(cumulative, as the source; default) or from the base (rebuild)")
+    p.add_argument("--target", metavar="LIMITS",
+                   help='spend the trials in a region, e.g. "size_mib<=2,latency_ms<=5" '
+                        "(the surrogate sampler)")
     p.add_argument("--quiet", action="store_true", help="no bars, one line per trial")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: trials in this process (default); ray: Ray Tune workers")
@@ -54,13 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1, help="ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="ray: GPUs per trial")
 
-    p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON")
+    p = sub.add_parser("profile", help="the sensitivity table: every single change per block, "
+                                       "briefly recovered and scored (kept with the study)")
+    _add_space(p)
+    p.add_argument("--study", metavar="NAME", help="study name (default: the space's name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p)
+
+    p = sub.add_parser("front", help="the Pareto front of the study as a table or JSON; with "
+                                     "limits, the best point within them")
     _add_space(p)
     _add_study(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--remeasure", action="store_true",
                    help="measure the front's latency again first, one model at a time, once "
                         "no trial of the study runs on this machine")
+    p.add_argument("--max-size-mib", type=float, metavar="X", help="budget: at most X MiB")
+    p.add_argument("--max-latency-ms", type=float, metavar="Y", help="budget: at most Y ms")
+    p.add_argument("--max-params", type=float, metavar="N", help="budget: at most N params")
+    p.add_argument("--min-accuracy", type=float, metavar="A",
+                   help="budget: validation accuracy at least A")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
     _add_space(p)
@@ -125,6 +147,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _load(args)
     if args.trials is not None and args.trials < 1:
         raise SearchcompError("--trials must be >= 1")
+    if args.strategy != "greedy" and (args.threshold is not None or args.max_drop is not None):
+        raise SearchcompError("--threshold and --max-drop are for --strategy greedy")
+    if args.strategy == "greedy" and args.target:
+        raise SearchcompError("--target is for the search, not --strategy greedy")
     if args.backend == "ray" and args.strategy == "greedy":
         raise SearchcompError("--strategy greedy is sequential by nature; run it without "
                               "--backend ray")
@@ -136,6 +162,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              storage=args.storage, study_name=args.study, sampler=args.sampler,
                              seed=args.seed, strategy=args.strategy, threshold=args.threshold,
                              quiet=args.quiet, log=_stderr, backend=args.backend,
+                             max_drop=args.max_drop, greedy_form=args.greedy_form,
+                             target=args.target,
                              ray_options={"address": args.address,
                                           "concurrency": args.concurrency,
                                           "cpus_per_trial": args.cpus_per_trial,
@@ -163,8 +191,37 @@ def _cmd_front(args: argparse.Namespace) -> int:
         from searchcomp.search.api import remeasure_study
 
         remeasure_study(space, storage=args.storage, study_name=args.study, log=_stderr)
-    res = load_results(space, storage=args.storage, study_name=args.study)
+    limits = {"size_mib": args.max_size_mib, "latency_ms": args.max_latency_ms,
+              "params": args.max_params}
+    if any(v is not None for v in limits.values()) or args.min_accuracy is not None:
+        from searchcomp.predict.budget import Budget
+        from searchcomp.results.budget import answer_budget
+
+        if any(v is not None and v <= 0 for v in limits.values()) or not (
+                args.min_accuracy is None or 0 <= args.min_accuracy <= 1):
+            raise SearchcompError("--max-* limits must be > 0 and --min-accuracy in [0, 1]")
+        budget = Budget({k: float(v) for k, v in limits.items() if v is not None},
+                        args.min_accuracy)
+        answer = answer_budget(space, budget, storage=args.storage, study_name=args.study)
+        print(json.dumps(answer.to_json(), indent=2) if args.json else answer.to_text())
+        return 0
+    res = load_results(space, storage=args.storage, study_name=args.study, check_latency=True)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from searchcomp.results.sensitivity import to_json, to_text
+    from searchcomp.search.profile import profile_space
+
+    space = _load(args)
+    try:
+        res = profile_space(space, study_name=args.study, log=_stderr, progress=not args.quiet,
+                            device=args.device)
+    except KeyboardInterrupt:
+        _stderr("interrupted: the rows computed so far are kept; run the same command to go on")
+        return 130
+    print(json.dumps(to_json(res), indent=2) if args.json else to_text(res))
     return 0
 
 
@@ -216,7 +273,8 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "front": _cmd_front,
+COMMANDS = {"inspect": _cmd_inspect, "run": _cmd_run, "profile": _cmd_profile,
+            "front": _cmd_front,
             "dashboard": _cmd_dashboard, "report": _cmd_report, "export": _cmd_export}
 
 

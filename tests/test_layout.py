@@ -28,6 +28,7 @@ LAYERS = [
     ("searchcomp.candidate",),
     ("searchcomp.deploy",),
     ("searchcomp.measure",),
+    ("searchcomp.predict",),
     ("searchcomp.search",),
     ("searchcomp.results", "searchcomp.overview"),
     ("searchcomp.cli", "searchcomp.__main__"),

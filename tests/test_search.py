@@ -228,7 +228,7 @@ def test_greedy_rerun_with_another_threshold_does_not_reuse_other_paths(tmp_path
 
 
 def test_interrupted_seed_is_queued_again(tmp_path):
-    from searchcomp.search.runner import enqueue_seeds
+    from searchcomp.search.seeds import enqueue_seeds
     from searchcomp.search.trial import prepare
 
     space = load_space(_space_file(tmp_path, steps=1))
@@ -242,7 +242,7 @@ def test_interrupted_seed_is_queued_again(tmp_path):
 
 
 def test_seeds_queued_only_as_far_as_the_budget_has_room(tmp_path):
-    from searchcomp.search.runner import enqueue_seeds
+    from searchcomp.search.seeds import enqueue_seeds
     from searchcomp.search.trial import prepare
 
     space = load_space(_space_file(tmp_path, steps=1))

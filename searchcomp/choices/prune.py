@@ -136,6 +136,41 @@ def prune_map(model: nn.Module, blocks: dict[str, nn.Module], example_inputs: An
     return out
 
 
+def prune_groups(model: nn.Module, blocks: dict[str, nn.Module], example_inputs: Any
+                 ) -> dict[str, list[tuple[str, list[tuple[str, str]]]]]:
+    """Per block, in pruning order: each prunable conv (full name) and every layer its pruning
+    group resizes, as ``(name, kind)`` with kind ``out`` / ``in`` (a conv's output or input
+    channels), ``depthwise`` (a depthwise conv's channels and groups) or ``features`` (a
+    BatchNorm). With :func:`n_remove` this gives the shapes :func:`prune_blocks` leaves
+    without pruning anything (shape-only costs)."""
+    dg = _build_graph(model, example_inputs)
+    names = {id(m): n for n, m in model.named_modules()}
+    out: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {}
+    for bname, block in blocks.items():
+        entry = []
+        for conv in _prunable(dg, model, block):
+            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
+            members: dict[str, str] = {}
+            for dep, _ in group:
+                m = dep.target.module
+                if id(m) not in names or not any(True for _ in m.parameters(recurse=False)):
+                    continue  # activations, adds: no shape of their own
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    kind = "features"
+                elif isinstance(m, nn.Conv2d) and dep.target.type == OPTYPE.DEPTHWISE_CONV:
+                    kind = "depthwise"
+                elif isinstance(m, nn.Conv2d):
+                    kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+                else:
+                    raise ValueError(f"pruning {names[id(conv)]} resizes "
+                                     f"{type(m).__name__} {names[id(m)]}, which has no "
+                                     "shape-only form")
+                members.setdefault(names[id(m)], kind)
+            entry.append((names[id(conv)], list(members.items())))
+        out[bname] = entry
+    return out
+
+
 def prunable_convs(model: nn.Module, block: nn.Module, example_inputs: Any) -> list[nn.Conv2d]:
     """The convs of ``block`` whose filters can be removed without changing any other layer's
     outputs (their consumers lose inputs, BN and the like lose channels).

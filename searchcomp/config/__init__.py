@@ -28,6 +28,7 @@ from searchcomp.config.schema import (
     MeasureConfig,
     ModelConfig,
     NormalizeStats,
+    ProfileConfig,
     SearchConfig,
     Space,
     split_value,
@@ -37,5 +38,5 @@ __all__ = ["CHOICES", "DATASETS", "DEVICES", "FLOAT_BITS", "IMAGENET_MEAN", "IMA
            "KEEP", "NEUTRAL", "OBJECTIVES", "PRECISIONS", "SAMPLERS", "SUPPORTED_BITS",
            "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
            "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "NormalizeStats",
-           "SearchConfig", "Space", "check_device", "load_space", "parse_override",
-           "split_value"]
+           "ProfileConfig", "SearchConfig", "Space", "check_device", "load_space",
+           "parse_override", "split_value"]

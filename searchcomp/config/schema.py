@@ -41,7 +41,8 @@ OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimiz
 CHOICES = ("conv", "prune", "bits")
 KEEP = "keep"
 NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
-SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "surrogate")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
 
 
@@ -211,6 +212,16 @@ class MeasureConfig(_Strict):
         return self
 
 
+class ProfileConfig(_Strict):
+    """The sensitivity table (``searchcomp profile``): every single change, briefly recovered."""
+
+    #: fine-tune steps each single-change candidate gets before it is scored (0 = none)
+    steps: int = Field(24, ge=0)
+    #: the recovery's seed (the same for every row, so rows differ only by their change);
+    #: default: ``search.seed``
+    seed: int | None = None
+
+
 class SearchConfig(_Strict):
     """The search driver's settings (the command line may override them)."""
 
@@ -270,6 +281,7 @@ class Space(_Strict):
     eval_precision: Literal["fp32", "train"] = "fp32"
     #: NHWC memory layout while training: auto (on with bf16/fp16 on a CPU or GPU) | true | false
     channels_last: Literal["auto", True, False] = "auto"
+    profile: ProfileConfig = ProfileConfig()
     #: overrides (``dotted.key: value``) that ``--quick`` applies
     quick: dict[str, Any] = Field(default_factory=dict)
     #: where studies and cached base models are written

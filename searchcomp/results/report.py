@@ -71,12 +71,16 @@ def write_report(space: Space, out: Path | None = None, storage: str | None = No
                  study_name: str | None = None) -> Path:
     """Write the HTML report of the study of ``space`` to ``out`` (default
     ``studies/<study>/report.html``) and return its path."""
-    res = load_results(space, storage=storage, study_name=study_name)
+    res = load_results(space, storage=storage, study_name=study_name, check_latency=True)
     study = open_study(space, storage=storage, study_name=res.study, load_only=True)
     blocks = list(study.user_attrs.get("blocks") or [])
     head_name = str(study.user_attrs.get("head_name") or "head")
     out = Path(out) if out is not None else default_out(space, study_name)
-    html = render(res, blocks, head_name, space.file)
+    from searchcomp.search.profile import read_profile
+
+    prof = read_profile(space, res.study)
+    html = render(res, blocks, head_name, space.file,
+                  profile_rows=prof.rows() if prof is not None else None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(html, encoding="utf-8")
@@ -96,8 +100,10 @@ def _fig_html(fig: Any, div_id: str) -> str:
 
 
 def render(res: Results, blocks: list[str], head_name: str, space_file: str = "",
-           generated: datetime | None = None) -> str:
-    """The whole page as one string (plotly.js inline in the head)."""
+           generated: datetime | None = None,
+           profile_rows: list[dict[str, Any]] | None = None) -> str:
+    """The whole page as one string (plotly.js inline in the head); ``profile_rows`` (from
+    :meth:`searchcomp.search.profile.ProfileResult.rows`) add the sensitivity heatmap."""
     generated = generated or datetime.now().astimezone()
     xs = [*SCATTER_X, *(["flops"] if "flops" in res.objectives else [])]
     scatters = [_fig_html(scatter(x, res.rows, res.front, res.base, res.greedy, blocks,
@@ -131,9 +137,32 @@ def render(res: Results, blocks: list[str], head_name: str, space_file: str = ""
                  + hv_html),
         _section("front", "The front", _table(res) + f"<p class=note>{_esc(legend())}</p>"),
     ]
+    sections.insert(2, _predictors_section(res, blocks, head_name, profile_rows))
     return PAGE.format(title=_esc(f"searchcomp report: {res.study}"), css=CSS,
                        plotlyjs=get_plotlyjs(), header=_header(res, space_file, generated),
                        body="\n".join(sections))
+
+
+def _predictors_section(res: Results, blocks: list[str], head_name: str,
+                        profile_rows: list[dict[str, Any]] | None) -> str:
+    """The sensitivity heatmap and the latency table's check, when the study has them."""
+    from searchcomp.results.profile_plots import latency_check_scatter, sensitivity_heatmap
+
+    heat = sensitivity_heatmap(profile_rows, blocks, head_name) if profile_rows else None
+    body = ("<p class=note>Validation accuracy change of every single change, after the "
+            "profile's short recovery, against the unchanged base after the same recovery "
+            "(<code>searchcomp profile</code>); red is a drop. Hover a cell for its output "
+            "error and exact size and latency change.</p>"
+            + f"<div class=plot>{_fig_html(heat, 'heatmap-sensitivity')}</div>"
+            if heat is not None else "<p class=empty>No sensitivity table: run "
+            "<code>searchcomp profile SPACE</code>.</p>")
+    if res.latency_check:
+        from searchcomp.results.checks import describe_latency_check
+
+        scatter_html = _fig_html(latency_check_scatter(res.latency_check), "latency-check")
+        body += (f"<p class=note>{_esc(describe_latency_check(res.latency_check))}.</p>"
+                 f"<div class=plot>{scatter_html}</div>")
+    return _section("sensitivity", "Sensitivity of each block, and the latency table", body)
 
 
 def _esc(s: Any) -> str:

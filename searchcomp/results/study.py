@@ -27,6 +27,8 @@ class Results:
     front: list[dict[str, Any]]
     greedy: dict[str, Any] | None
     hypervolume: float
+    #: predicted vs measured latency of the trials (see :mod:`.checks`), when asked for
+    latency_check: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
@@ -53,7 +55,9 @@ class Results:
         return {"study": self.study, "storage": self.storage, "objectives": self.objectives,
                 "base": self.base, "front": [point(r) for r in self.front],
                 "greedy": self.greedy, "hypervolume": self.hypervolume,
-                "trials": self.counts()}
+                "trials": self.counts(),
+                "latency_check": None if not self.latency_check else
+                {k: v for k, v in self.latency_check.items() if k != "points"}}
 
     def to_text(self) -> str:
         """The front as a table, with the base and greedy rows."""
@@ -84,11 +88,13 @@ class Results:
             g = self.greedy
             if g.get("trial") is not None:
                 lines.append(fmt("greedy", g, f"trial {g['trial']}: {g.get('swap')} on "
-                                 f"{len(g['kept'])} block(s), threshold {g['threshold']}"))
+                                 f"{len(g['kept'])} block(s), threshold {g['threshold']:.4g}, "
+                                 f"{g.get('form')}"))
             else:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
                              f"{g['threshold']}")
         from searchcomp.candidate import legend
+        from searchcomp.results.checks import describe_latency_check
 
         quiet = [r for r in [self.base, *self.front] if r.get("latency_quiet")]
         if quiet:
@@ -96,6 +102,9 @@ class Results:
                       f"{len(self.front) + 1} rows), one model at a time with no trial running; "
                       "(in trial X ms): the figure measured during the trial"]
         lines.append("")
+        check = describe_latency_check(self.latency_check)
+        if check:
+            lines.append(check)
         lines.append(legend())
         return "\n".join(lines)
 
@@ -108,8 +117,9 @@ def _in_trial(r: dict[str, Any]) -> str:
 
 
 def load_results(space: Space, *, storage: str | None = None,
-                 study_name: str | None = None) -> Results:
-    """Read the study of ``space`` (it must exist)."""
+                 study_name: str | None = None, check_latency: bool = False) -> Results:
+    """Read the study of ``space`` (it must exist); ``check_latency`` compares the latency
+    table's predictions with the measured trials, when the study has a table."""
     name = study_name or space.name
     study = open_study(space, storage=storage, study_name=name, load_only=True)
     objectives = list(study.user_attrs.get("objectives") or space.objectives)
@@ -132,12 +142,18 @@ def load_results(space: Space, *, storage: str | None = None,
     greedy = None
     g = study.user_attrs.get("greedy")
     if g:
-        greedy = {"threshold": g["threshold"], "swap": g.get("swap"), "kept": g["kept"],
+        greedy = {"threshold": g["threshold"], "form": g.get("form", "rebuild"),
+                  "swap": g.get("swap"), "kept": g["kept"],
                   "trial": g["result_trial"],
                   "steps": len(g["steps"])}
         src = next((r for r in rows if r["trial"] == g["result_trial"]), None)
         src = src if src is not None else {**base, "recipe": {"blocks": {}, "head": "keep"}}
         greedy.update({k: src.get(k) for k in (*SHOWN, "flops")})
         greedy["recipe"] = (src.get("recipe") or {}).get("blocks", {})
+    check = None
+    if check_latency:
+        from searchcomp.results.checks import latency_check
+
+        check = latency_check(space, rows, name)
     return Results(name, resolve_storage(space, storage, name), objectives, base, rows, front,
-                   greedy, hv)
+                   greedy, hv, check)

@@ -10,12 +10,16 @@ from typing import Any
 from optuna.trial import TrialState
 
 from searchcomp.config import Space
+from searchcomp.errors import SearchcompError
+from searchcomp.predict.budget import Budget
 from searchcomp.search.files import check_writable, remove_dead_partials
 from searchcomp.search.greedy import run_greedy
 from searchcomp.search.locks import StudyLock
 from searchcomp.search.remeasure import remeasure_here
-from searchcomp.search.runner import Searcher, enqueue_seeds, recipe_space
+from searchcomp.search.runner import Searcher, recipe_space
+from searchcomp.search.seeds import enqueue_seeds
 from searchcomp.search.study import done_trials, open_study, resolve_storage
+from searchcomp.search.surrogate import SurrogateSampler
 from searchcomp.search.trial import prepare
 
 
@@ -35,12 +39,18 @@ class RunSummary:
 def run_search(space: Space, *, trials: int | None = None, timeout_s: float | None = None,
                storage: str | None = None, study_name: str | None = None,
                sampler: str | None = None, seed: int | None = None, strategy: str = "search",
-               threshold: float = 0.70, quiet: bool = False,
+               threshold: float | None = None, quiet: bool = False,
                log: Callable[[str], None] = print, backend: str = "local",
-               ray_options: dict[str, Any] | None = None, device: str | None = None
+               ray_options: dict[str, Any] | None = None, device: str | None = None,
+               max_drop: float | None = None, greedy_form: str = "cumulative",
+               target: str | Budget | None = None
                ) -> RunSummary:
     """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
-    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead.
+    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead, keeping
+    a swap while validation accuracy >= ``threshold`` (default 0.70) or >= the base's minus
+    ``max_drop``; ``greedy_form``: ``cumulative`` or ``rebuild``. ``sampler="surrogate"``
+    first fills the study's profile (sensitivity and latency tables); ``target`` (e.g.
+    ``"size_mib<=2,latency_ms<=5"``) makes it spend the trials in that region.
     ``backend="ray"`` runs the trials on Ray Tune (``ray_options``: address, concurrency,
     cpus_per_trial, gpus_per_trial). ``device`` overrides the space's ``device``.
 
@@ -52,6 +62,15 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     compute_for(space, device), measure_device(space)  # a missing GPU: fail before anything
     n = trials or space.search.trials
     name = study_name or space.name
+    if isinstance(target, str):
+        target = Budget.parse(target)
+    if target is not None:
+        if (sampler or "surrogate") != "surrogate":
+            raise SearchcompError(f"--target steers the surrogate sampler; drop --sampler "
+                                  f"{sampler} (or use --sampler surrogate)")
+        sampler = "surrogate"
+    if threshold is not None and max_drop is not None:
+        raise SearchcompError("give --threshold or --max-drop, not both")
     # a folder the run cannot write is refused before any work (the base may train for hours)
     check_writable(space.study_dir(name) / "trials", "trial weights")
     if space.base.source != "checkpoint":
@@ -82,7 +101,11 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                         quiet=quiet, strategy=strategy, lock=lock, log=log)
     if strategy == "greedy":
         before = len(done_trials(study))
-        greedy = run_greedy(searcher, threshold)
+        if max_drop is not None:
+            threshold = float(b["accuracy"]) - max_drop
+            log(f"greedy: threshold {threshold:.4f} = base validation accuracy "
+                f"{b['accuracy']:.4f} - {max_drop:g}")
+        greedy = run_greedy(searcher, 0.70 if threshold is None else threshold, greedy_form)
         kept = ", ".join(greedy["kept"]) or "none"
         log(f"greedy: kept {greedy['swap']} on {len(greedy['kept'])} block(s): {kept}; "
             f"result trial {greedy['result_trial']}")
@@ -96,6 +119,9 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     if done >= n:
         log(f"study {name} already has {done} finished trials (>= {n}); "
             "raise --trials to run more")
+    if isinstance(study.sampler, SurrogateSampler):
+        _attach_predictor(study.sampler, ctx, name, target, quiet, log,
+                          space.search.seed if seed is None else seed)
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
@@ -108,8 +134,6 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
 
 def _stored_base(space: Space, storage: str | None, name: str) -> dict[str, Any] | None:
     """The base figures an earlier run stored in the study (None: no study yet)."""
-    from searchcomp.errors import SearchcompError
-
     try:
         attrs = open_study(space, storage=storage, study_name=name, load_only=True).user_attrs
     except SearchcompError:
@@ -126,6 +150,26 @@ def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:
             "worker that finishes last does it (or: searchcomp front SPACE --remeasure)")
         return
     remeasure_here(ctx, study, lock, log)
+
+
+def _attach_predictor(sampler: SurrogateSampler, ctx, name: str, target: Budget | None,
+                      quiet: bool, log: Callable[[str], None], seed: int) -> None:
+    """Fill the study's profile (only missing rows run) and give the sampler its predictor."""
+    from searchcomp.predict.budget import constraint_budget
+    from searchcomp.search.profile import fill_profile
+    from searchcomp.search.runner import param_name
+    from searchcomp.search.surrogate import layout_params
+
+    tables, computed = fill_profile(ctx, name, log=log, progress=not quiet)
+    if computed:
+        log(f"profile: {computed} row(s) computed; 'searchcomp profile {ctx.space.file}' shows "
+            "the table")
+    predictor = tables.predictor(ctx.base_metrics, seed)
+    region = constraint_budget(ctx.space, ctx.base_metrics).merged(target)
+    sampler.attach(predictor, list(ctx.space.objectives), region,
+                   layout_params(tables.layout, param_name))
+    if target is not None:
+        log(f"target: trials go to {target.describe()}")
 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,

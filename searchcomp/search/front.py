@@ -56,6 +56,11 @@ def hypervolume(rows: list[dict[str, Any]], objectives: Sequence[str],
     return _hv(pts, ref)
 
 
+def dominated_volume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    """Volume of the union of the boxes [p, ref] (minimised coordinates), exact."""
+    return _hv(points, ref)
+
+
 def _hv(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
     pts = [p for p in points if all(x < r for x, r in zip(p, ref, strict=True))]
     if not pts:

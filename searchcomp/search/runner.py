@@ -36,14 +36,12 @@ from searchcomp.search.states import (
     SKIPPED,
     STOPPED_REASON,
     is_done,
-    params_key,
-    taken_keys,
 )
 from searchcomp.search.study import done_trials, trial_row
 from searchcomp.search.trial import TrialContext, run_trial
 from searchcomp.train import BelowFloor, total_steps
 
-__all__ = ["Progress", "Searcher", "enqueue_seeds", "format_line", "param_name",
+__all__ = ["Progress", "Searcher", "format_line", "param_name",
            "recipe_params", "recipe_space", "sample_recipe", "weights_name"]
 
 #: failures that are a trial's own result (an impossible combination, a NaN loss, out of
@@ -52,7 +50,8 @@ TRIAL_ERRORS = (Exception,)
 #: seconds between looks at the study while the quota is filled by trials of other workers
 POLL_S = 5.0
 #: attributes a duplicate does not copy from the trial it is answered from
-OWN_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "retry_of")
+OWN_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "greedy_form",
+             "retry_of")
 
 
 def weights_name(number: int) -> str:
@@ -140,6 +139,9 @@ class Searcher:
         self.stopped: str | None = None
         self._outcome = "ran"
         self._heartbeat: Heartbeat | None = None
+        #: a trial -> (model, its recipe) to build that trial from instead of the base (the
+        #: cumulative greedy), or None; such a trial never reuses another's result
+        self.start_from: Callable[[Trial], tuple[Any, Recipe] | None] | None = None
 
     # -- one trial ---------------------------------------------------------------------------
     def objective(self, trial: Trial) -> tuple[float, ...]:
@@ -150,7 +152,8 @@ class Searcher:
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("summary", recipe.summary(ctx.block_names))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
-        same = self._same_recipe(trial)
+        start = self.start_from(trial) if self.start_from else None
+        same = self._same_recipe(trial) if start is None else None
         if same is not None:  # a queued copy of a finished trial: a fine-tune is too dear
             for k, v in same.user_attrs.items():
                 if k not in OWN_ATTRS:
@@ -174,7 +177,8 @@ class Searcher:
             with computing(ctx.weights_dir.parent):
                 outcome = run_trial(ctx, recipe, self.seed + trial.number,
                                     weights_name(trial.number),
-                                    on_step=self.progress.step if self.progress else None)
+                                    on_step=self.progress.step if self.progress else None,
+                                    start=start)
         except BelowFloor as e:
             trial.set_user_attr(STOPPED_REASON, str(e))
             trial.set_user_attr("accuracy_at_check", e.accuracy)
@@ -358,42 +362,3 @@ class Searcher:
             gc.unfreeze()
         return ran
 
-
-def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
-                  lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
-                  n_trials: int | None = None) -> int:
-    """Queue the base (every block ``keep``) and the space's uniform seed configurations
-    that no done, queued or running trial of the study already has (so a seed interrupted
-    by Ctrl-C is queued again), in that order and, with ``n_trials``, no more than the
-    budget has room for (done, running and queued trials take room): nothing is left
-    queued when the run ends, and a later run with a larger budget queues the rest. Under
-    the study ``lock`` this is idempotent across workers started together. Returns how many
-    were queued."""
-    from searchcomp.candidate import uniform_recipe
-
-    head_values = ctx.space.blocks.head
-    seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
-    for cfg in ctx.space.search.seed_configs:
-        cfg = dict(cfg)
-        head = str(cfg.pop("head", KEEP))
-        tag = "uniform " + " ".join(f"{k}={v}" for k, v in {**cfg, "head": head}.items()
-                                    if not (k == "head" and v == KEEP))
-        seeds.append((tag, uniform_recipe(ctx.blocks, head=head, **cfg)))
-    with (lock or _no_lock)():
-        trials = study.get_trials(deepcopy=False)
-        present = taken_keys(trials)
-        room = None
-        if n_trials is not None:
-            room = n_trials - sum(1 for t in trials if is_done(t) or t.state in
-                                  (TrialState.RUNNING, TrialState.WAITING))
-        seen = set()
-        for tag, recipe in seeds:
-            if room is not None and len(seen) >= room:
-                break
-            params = recipe_params(recipe, ctx.blocks, head_values)
-            key = params_key(params)
-            if key in seen or key in present:
-                continue
-            seen.add(key)
-            study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
-    return len(seen)

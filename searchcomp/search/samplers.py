@@ -39,11 +39,13 @@ def make_sampler(name: str, seed: int, n_trials: int, population: int | None,
                  ) -> optuna.samplers.BaseSampler:
     """The sampler called ``name``. Constraints reach NSGA-II/III, TPE and GP through
     ``trial.set_constraint`` (the random sampler ignores them). With ``space`` (every
-    parameter of a recipe) it is wrapped in a :class:`DistinctSampler`."""
+    parameter of a recipe) it is wrapped in a :class:`DistinctSampler`, except the surrogate
+    sampler, which is distinct by construction (it proposes only recipes no trial has,
+    running and queued ones included) and keeps the predictor ``run_search`` attaches."""
     if name not in SAMPLERS:
         raise SearchcompError(f"--sampler: unknown sampler {name!r}; use one of "
                               f"{', '.join(SAMPLERS)}")
-    if space is None:
+    if space is None or name == "surrogate":
         return _plain(name, seed, n_trials, population)
     return DistinctSampler(lambda s: _plain(name, s, n_trials, population), seed, space)
 
@@ -63,6 +65,10 @@ def _plain(name: str, seed: int, n_trials: int, population: int | None
                                               n_startup_trials=startup)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "surrogate":  # random until run_search attaches its predictor
+        from searchcomp.search.surrogate import SurrogateSampler
+
+        return SurrogateSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 

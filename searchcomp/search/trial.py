@@ -77,8 +77,13 @@ def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any
 
 
 def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
-              on_step: Callable[[int, int, float], None] | None = None) -> TrialOutcome:
+              on_step: Callable[[int, int, float], None] | None = None,
+              start: tuple[nn.Module, Recipe] | None = None) -> TrialOutcome:
     """Build the candidate of ``recipe``, fine-tune it, score it on validation, save it.
+
+    ``start``: (a model, the recipe it already is) to build from instead of the base, with
+    its weights kept (the cumulative greedy carries each kept step's fine-tuned model on);
+    only the changes ``recipe`` makes on top of it are applied. The teacher stays the base.
 
     Raises :class:`searchcomp.train.BelowFloor` when the early-stop floor is missed,
     :class:`searchcomp.errors.ChoiceError` for an impossible combination and
@@ -97,7 +102,9 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
         clock = now
 
     torch.manual_seed(seed)
-    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
+    origin, change = (ctx.base, recipe) if start is None else (start[0],
+                                                              changes_on_top(recipe, start[1]))
+    built = build(origin, change, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
                   int8=int8)
@@ -123,6 +130,28 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
                         {b: {c: list(v) for c, v in d.items()} for b, d in built.pruned.items()},
                         ft.steps, ft.seconds, str(weights),
                         constraint_values(space, metrics, ctx.base_metrics), seconds)
+
+
+def changes_on_top(recipe: Recipe, start: Recipe) -> Recipe:
+    """The changes that turn a model already built as ``start`` into ``recipe``; each must
+    change a choice ``start`` left neutral (a built change cannot be undone)."""
+    from searchcomp.config import CHOICES, KEEP, NEUTRAL
+    from searchcomp.errors import ChoiceError
+
+    blocks: dict[str, dict] = {}
+    for b in {*recipe.blocks, *start.blocks}:
+        for c in CHOICES:
+            want, have = recipe.choice(b, c), start.choice(b, c)
+            if want == have:
+                continue
+            if have != NEUTRAL[c]:
+                raise ChoiceError(f"cannot build {b} {c}={want!r} on a model that already has "
+                                  f"{c}={have!r} there")
+            blocks.setdefault(b, {})[c] = want
+    if recipe.head != start.head and start.head != KEEP:
+        raise ChoiceError(f"cannot change the head {start.head!r} to {recipe.head!r} on a built "
+                          "model")
+    return Recipe(blocks, recipe.head if recipe.head != start.head else KEEP)
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:

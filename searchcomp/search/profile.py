@@ -1,0 +1,187 @@
+"""`searchcomp profile`: fill the study's sensitivity table and latency table.
+
+Every row is the candidate with one change (a block's conv value, prune ratio or bit width,
+or a head value) built from the base exactly as a trial builds it, recovered for
+``profile.steps`` fine-tune steps with the same seed for every row, and scored on the
+validation split; the reference row is the unchanged base after the same recovery. Rows are
+stored as they finish (Ctrl-C loses at most the row running), and only missing rows run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from searchcomp.candidate import Recipe, build
+from searchcomp.choices.actquant import calibrate_activations
+from searchcomp.config import KEEP, Space
+from searchcomp.deploy.runtime import get_runtime
+from searchcomp.errors import ChoiceError
+from searchcomp.predict.assemble import Tables, open_tables
+from searchcomp.predict.sensitivity import (
+    REFERENCE,
+    SECTION,
+    accuracy_context,
+    profile_seed,
+    row_key,
+    wanted_rows,
+)
+from searchcomp.search.trial import TrialContext, prepare
+from searchcomp.train import DivergedError, evaluate, finetune
+
+
+@dataclass
+class ProfileResult:
+    """A space's profile: what ``profile`` prints and ``report`` draws."""
+
+    study: str
+    tables: Tables
+    base: dict[str, Any]
+    #: rows computed by this call (0: everything was reused)
+    computed: int = 0
+    seconds: float = 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per single change (reference first), with its accuracy change, output
+        error and exact cost changes, and its latency change from the latency table."""
+        t = self.tables
+        out = []
+        for block, choice, value in wanted_rows(t.layout, t.head_name):
+            row = t.sensitivity.rows.get((block, choice, value))
+            r: dict[str, Any] = {"block": block or "base", "choice": choice, "value": value,
+                                 "accuracy": None if row is None else row["accuracy"],
+                                 "accuracy_change": None, "output_error": None}
+            if row is not None:
+                r["accuracy_change"] = t.sensitivity.delta(block, choice, value) \
+                    if block else 0.0
+                r["output_error"] = row.get("output_error")
+                r["seconds"] = row.get("seconds")
+            if choice == "head":
+                cost = t.shapes.head_delta(value)
+                lat = t.latency.table(t.layout).head["latency_ms"][t.layout.head.index(value)]
+            elif block:
+                spec = {"conv": KEEP, "prune": 0.0, "bits": 32, choice: value}
+                cost = t.shapes.block_delta(block, spec["conv"], spec["prune"], spec["bits"])
+                ms, ref = (t.latency.block_ms(block, spec["conv"], spec["prune"], spec["bits"]),
+                           t.latency.block_ms(block, KEEP, 0.0, 32))
+                lat = None if ms is None or ref is None else ms - ref
+            else:
+                cost, lat = {"params": 0, "size_mib": 0.0, "flops": 0}, 0.0
+            r.update({"params_change": int(cost["params"]),
+                      "size_mib_change": float(cost["size_mib"]),
+                      "flops_change": int(cost["flops"]),
+                      "latency_ms_change": None if lat is None or lat != lat else float(lat)})
+            out.append(r)
+        return out
+
+
+def _error_of(init_errors: dict[str, float], block: str, choice: str, convs: tuple[str, ...]
+              ) -> float:
+    """The output error a single change leaves (the worst replaced layer's, for a conv)."""
+    if choice == "conv":
+        return max((init_errors[c] for c in convs if c in init_errors), default=0.0)
+    if choice == "head":
+        return init_errors.get(block, 0.0)
+    return init_errors.get(f"{block}:{choice}", 0.0)
+
+
+def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[str, Any]:
+    """Build, recover and score one single-change candidate (the reference: the base)."""
+    space = ctx.space
+    seed = profile_seed(space)
+    if (block, choice, value) == REFERENCE:
+        recipe = Recipe()
+    elif choice == "head":
+        recipe = Recipe(head=value)
+    else:
+        recipe = Recipe({block: {choice: value}})
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
+                  prune_criterion=space.finetune.prune_criterion,
+                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
+                  int8=get_runtime(space.measure.runtime).int8)
+    steps = space.profile.steps
+    if steps:
+        cfg = space.finetune.model_copy(update={"steps": steps, "min_accuracy": None})
+        finetune(built.model, ctx.base, ctx.splits.train.reseeded(seed), ctx.splits.val, cfg,
+                 compute=ctx.compute, teacher_logits=ctx.teacher_logits)
+        calibrate_activations(built.model, ctx.calib)  # as a trial does after its fine-tune
+    accuracy = evaluate(built.model, ctx.splits.val, ctx.compute)
+    convs = next((b.convs for b in ctx.blocks if b.name == block), ())
+    return {"block": block, "choice": choice, "value": value, "accuracy": accuracy,
+            "output_error": _error_of(built.init_errors, block, choice, convs),
+            "steps": steps, "seed": seed, "seconds": time.perf_counter() - t0}
+
+
+def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], None] = print,
+                 progress: bool = True) -> tuple[Tables, int]:
+    """Measure the latency table and compute every missing sensitivity row of ``ctx``'s
+    space into the study's profile file; returns the tables and how many rows ran."""
+    from tqdm.auto import tqdm
+
+    space = ctx.space
+    bar = None
+
+    def on_latency(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            log(f"profile: timing {total} block configuration(s) in {space.measure.runtime} "
+                f"({space.measure.threads} thread(s), median of {space.measure.runs} runs)")
+            bar = tqdm(total=total, desc="latency table", unit="config", disable=not progress,
+                       leave=False)
+        bar.update(1)
+
+    tables = open_tables(space, ctx.base, ctx.blocks, ctx.head_name, study_name,
+                         measure_latency=True, progress=on_latency)
+    if bar is not None:
+        bar.close()
+    actx = accuracy_context(space)
+    todo = [r for r in wanted_rows(tables.layout, ctx.head_name)
+            if tables.store.get(SECTION, row_key(actx, *r)) is None]
+    if todo:
+        log(f"profile: {len(todo)} single-change row(s) to compute "
+            f"({len(wanted_rows(tables.layout, ctx.head_name)) - len(todo)} reused), "
+            f"{space.profile.steps} recovery step(s) each")
+    with tqdm(total=len(todo), desc="profile", unit="row", disable=not progress) as rows_bar:
+        for block, choice, value in todo:
+            rows_bar.set_postfix_str(f"{block or 'base'} {choice} {value}", refresh=False)
+            try:
+                row = profile_row(ctx, block, choice, value)
+            except (ChoiceError, DivergedError) as e:  # the prior leaves it unknown
+                log(f"profile: {block or 'base'} {choice}={value} failed ({e}); left out")
+            else:
+                tables.store.put(SECTION, row_key(actx, block, choice, value), row)
+            rows_bar.update(1)
+    return tables.reload(space), len(todo)
+
+
+def profile_space(space: Space, *, study_name: str | None = None,
+                  log: Callable[[str], None] = print, progress: bool = True,
+                  device: str | None = None) -> ProfileResult:
+    """What ``searchcomp profile`` does: prepare the base, fill the tables, return them.
+    ``device`` overrides the space's ``device`` for the recoveries."""
+    t0 = time.perf_counter()
+    name = study_name or space.name
+    ctx = prepare(space, progress=progress, log=log, study_name=name, device=device)
+    tables, computed = fill_profile(ctx, name, log=log, progress=progress)
+    return ProfileResult(name, tables, ctx.base_metrics, computed, time.perf_counter() - t0)
+
+
+def read_profile(space: Space, study_name: str | None = None) -> ProfileResult | None:
+    """The stored profile of the study (nothing is measured or trained: the architecture is
+    built with fresh weights for its shapes), or None when it has no row yet."""
+    from searchcomp.models import build_model, find_blocks, find_head
+
+    model = build_model(space.model).eval()
+    blocks = find_blocks(model, space)
+    head_name, _ = find_head(model, space)
+    name = study_name or space.name
+    tables = open_tables(space, model, blocks, head_name, name)
+    if not tables.sensitivity.rows:
+        return None
+    return ProfileResult(name, tables, {})

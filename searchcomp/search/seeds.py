@@ -1,0 +1,62 @@
+"""The trials every study starts with: the base (every block ``keep``) and the space's
+uniform seed configurations, queued once (idempotent under the study lock)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from searchcomp.candidate import Recipe
+from searchcomp.config import KEEP
+from searchcomp.search.runner import recipe_params
+from searchcomp.search.states import is_done, params_key, taken_keys
+from searchcomp.search.trial import TrialContext
+
+__all__ = ["enqueue_seeds"]
+
+
+def _no_lock() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
+                  lock: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+                  n_trials: int | None = None) -> int:
+    """Queue the base (every block ``keep``) and the space's uniform seed configurations
+    that no done, queued or running trial of the study already has (so a seed interrupted
+    by Ctrl-C is queued again), in that order and, with ``n_trials``, no more than the
+    budget has room for (done, running and queued trials take room): nothing is left
+    queued when the run ends, and a later run with a larger budget queues the rest. Under
+    the study ``lock`` this is idempotent across workers started together. Returns how many
+    were queued."""
+    from searchcomp.candidate import uniform_recipe
+
+    head_values = ctx.space.blocks.head
+    seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
+    for cfg in ctx.space.search.seed_configs:
+        cfg = dict(cfg)
+        head = str(cfg.pop("head", KEEP))
+        tag = "uniform " + " ".join(f"{k}={v}" for k, v in {**cfg, "head": head}.items()
+                                    if not (k == "head" and v == KEEP))
+        seeds.append((tag, uniform_recipe(ctx.blocks, head=head, **cfg)))
+    with (lock or _no_lock)():
+        trials = study.get_trials(deepcopy=False)
+        present = taken_keys(trials)
+        room = None
+        if n_trials is not None:
+            room = n_trials - sum(1 for t in trials if is_done(t) or t.state in
+                                  (TrialState.RUNNING, TrialState.WAITING))
+        seen = set()
+        for tag, recipe in seeds:
+            if room is not None and len(seen) >= room:
+                break
+            params = recipe_params(recipe, ctx.blocks, head_values)
+            key = params_key(params)
+            if key in seen or key in present:
+                continue
+            seen.add(key)
+            study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
+    return len(seen)
