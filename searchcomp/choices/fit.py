@@ -104,6 +104,7 @@ def fit_local(new: nn.Module, old: nn.Module, inputs: Tensor, steps: int = 60,
                                  for s in range(0, n, _EVAL_BATCH)])
             ref = float((targets.double() ** 2).sum()) ** 0.5
             ref = max(ref, 1e-12)
+            scale = max(float(targets.double().pow(2).mean()), 1e-30)
 
             def current_error() -> float:
                 diff = 0.0
@@ -124,7 +125,9 @@ def fit_local(new: nn.Module, old: nn.Module, inputs: Tensor, steps: int = 60,
                 for s in range(0, n, batch):
                     idx = order[s:s + batch]
                     opt.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.mse_loss(new(inputs[idx]), targets[idx])
+                    # relative to the targets' scale: Adam ignores the scale, but tiny
+                    # gradients squared become subnormal floats (see _flush_denormals)
+                    loss = torch.nn.functional.mse_loss(new(inputs[idx]), targets[idx]) / scale
                     loss.backward()
                     opt.step()
                     step += 1
