@@ -13,7 +13,7 @@ TABLES = (
      "{:+.4f}"),
     ("output_error", "output error right after the change (relative, on calibration images)",
      "{:.3f}"),
-    ("size_mib_change", "size change (MiB, exact)", "{:+.3f}"),
+    ("size_mib_change", "size change (MiB, from shapes)", "{:+.3f}"),
     ("params_change", "parameters change (thousands, exact)", "{:+,.1f}"),
     ("latency_ms_change", "latency change (ms, from the block latency table)", "{:+.3f}"),
 )
