@@ -58,7 +58,7 @@ class BudgetAnswer:
         if c:
             lo, hi = c["accuracy_interval"]
             lines += ["", f"best predicted, not run yet: val acc {c['accuracy']:.4f} "
-                      f"(95 % interval {lo:.3f}..{hi:.3f})  {c['size_mib']:.3f} MiB (exact)  "
+                      f"(95 % interval {lo:.3f}..{hi:.3f})  {c['size_mib']:.3f} MiB (from shapes)  "
                       f"{c['latency_ms']:.2f} ms (predicted)  {c['params'] / 1e6:.3f} M params",
                       f"  {c['summary']}",
                       f"  run it: searchcomp run SPACE --target \"{self._target()}\""]
