@@ -172,3 +172,34 @@ def test_confirm_runs_are_resumable_and_outside_the_budget(finished_study, tmp_p
     assert "runs: 3 fine-tunes, mean" in text and "95 % interval" in text
     js = res.to_json()
     assert js["hypervolume_interval"] and all("accuracy_low" in p for p in js["front"])
+
+
+DEFAULT_FT_SPACE = """\
+name: harmless
+model: {{arch: "tests.tiny_factory:tiny_cnn", num_classes: 10, in_channels: 1, image_size: 8,
+        kwargs: {{width: 8}}}}
+data: {{dataset: digits, train_size: 1000, val_size: 400, test_size: 200, batch_size: 50}}
+base: {{source: train, epochs: 15, lr: 0.05}}
+blocks: {{default: {{conv: [keep, separable], prune: [0.0], bits: [32]}}, head: [keep]}}
+finetune: {{steps: 40}}
+measure: {{runs: 30, warmup: 1}}
+studies_dir: {studies}
+"""
+
+
+def test_default_finetune_does_not_lower_an_unchanged_base(tmp_path):
+    """The shipped fine-tune settings (only the step count set) keep an unchanged tiny base
+    within the 95 % interval of its own validation accuracy."""
+    from searchcomp.candidate import Recipe
+    from searchcomp.config import load_space
+    from searchcomp.search.trial import prepare, run_trial
+
+    p = tmp_path / "harmless.yaml"
+    p.write_text(DEFAULT_FT_SPACE.format(studies=tmp_path / "studies"))
+    ctx = prepare(load_space(p), progress=False, log=lambda m: None)
+    base = ctx.base_metrics
+    assert base["accuracy"] > 0.6  # a base worth keeping
+    assert base["accuracy_low"] < base["accuracy"] < base["accuracy_high"]
+    for seed in (1, 2):
+        acc = run_trial(ctx, Recipe(), seed, f"t{seed}").metrics["accuracy"]
+        assert acc >= base["accuracy_low"], (acc, base)

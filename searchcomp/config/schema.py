@@ -177,6 +177,13 @@ class FinetuneConfig(_Strict):
     min_accuracy: float | None = Field(None, ge=0, le=1)
     #: fraction of the fine-tune after which ``min_accuracy`` is checked
     check_at: float = Field(0.5, gt=0, lt=1)
+    #: fraction of the steps over which the learning rate rises linearly from ~0 to ``lr``
+    warmup: float = Field(0.0, ge=0, lt=1)
+    #: the learning rate after the warm-up: ``constant``, or ``cosine`` (decays to 0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    #: BatchNorm during the fine-tune: ``train`` (batch statistics, running ones updated) or
+    #: ``frozen`` (the running statistics used and kept; scale and shift still learn)
+    bn: Literal["train", "frozen"] = "train"
 
 
 class ConstraintsConfig(_Strict):
