@@ -6,8 +6,8 @@ fine-tuned with candidate settings, on a shipped space and a user model.
 Default spaces: spaces/resnet18-fashion.yaml and spaces/vgg-fashion.yaml (the user model of
 examples/vgg), both --quick, with 2,000 validation images (``--set data.val_size=2000``) so
 a 1 pt change is not lost in the evaluation's own noise. For every setting it fine-tunes,
-with each seed, (a) the base with every block ``keep`` and (b) the base with every conv
-``separable`` (what a setting must still recover), each from the same base, the same steps
+with each seed, (a) the base with every block ``keep`` and (b) the base with every block's
+first conv replacement, e.g. ``separable`` (what a setting must still recover), each from the same base, the same steps
 and the same distillation as a trial, and prints a table: the change of the unchanged base's
 validation accuracy (mean over seeds) with the 95 % noise of that difference, whether it is
 within noise, and the compressed candidate's accuracy. Settings are applied on top of the
@@ -36,11 +36,14 @@ SPACES = ("spaces/resnet18-fashion.yaml", "spaces/vgg-fashion.yaml")
 #: name -> changes to the space's finetune: section ({} = the settings as shipped)
 SETTINGS = {
     "as shipped": {},
-    "adam lr 1e-4": {"lr": 1e-4},
-    "adam 5e-4 warm-up+cosine": {"warmup": 0.1, "schedule": "cosine"},
-    "adam 5e-4 BN frozen": {"bn": "frozen"},
-    "adam 1e-4 warm-up+cosine BN frozen": {"lr": 1e-4, "warmup": 0.1, "schedule": "cosine",
-                                          "bn": "frozen"},
+    "adam 5e-4 (the former default)": {"optimizer": "adam", "lr": 5e-4, "warmup": 0.0,
+                                       "schedule": "constant", "bn": "train"},
+    "adam lr 1e-4": {"optimizer": "adam", "lr": 1e-4, "warmup": 0.0, "schedule": "constant"},
+    "adam 5e-4 warm-up+cosine": {"optimizer": "adam", "lr": 5e-4, "warmup": 0.1,
+                                 "schedule": "cosine"},
+    "adam 5e-4 BN frozen": {"optimizer": "adam", "lr": 5e-4, "bn": "frozen"},
+    "adam 1e-4 warm-up+cosine BN frozen": {"optimizer": "adam", "lr": 1e-4, "warmup": 0.1,
+                                          "schedule": "cosine", "bn": "frozen"},
     "sgd 0.01 warm-up+cosine": {"optimizer": "sgd", "lr": 0.01, "warmup": 0.1,
                                 "schedule": "cosine"},
     "sgd 0.01 warm-up+cosine BN frozen": {"optimizer": "sgd", "lr": 0.01, "warmup": 0.1,
@@ -88,21 +91,26 @@ def fine_tuned_accuracy(ctx, recipe: Recipe, changes: dict, seed: int) -> tuple[
     return evaluate(built.model, ctx.splits.val, ctx.compute), time.perf_counter() - t0
 
 
-def bench_space(path: str, overrides: list[str], quick: bool, seeds: int) -> None:
+def bench_space(path: str, overrides: list[str], quick: bool, seeds: int,
+                settings: dict[str, dict]) -> None:
     space = load_space(path, ["data.val_size=2000", *overrides], quick=quick)
     ctx = prepare(space, progress=False, log=lambda m: print(m, file=sys.stderr, flush=True))
     base_acc = float(ctx.base_metrics["accuracy"])
     n_val = ctx.splits.val.size
     base_row = {"accuracy": base_acc, "val_images": n_val}
-    compressed = Recipe({b: {"conv": "separable"} for b in ctx.block_names}, "keep")
+    # every block's first conv replacement (separable on the ResNet and the VGG)
+    compressed = Recipe({b.name: {"conv": next(c for c in b.choices.conv if c != "keep")}
+                         for b in ctx.blocks if any(c != "keep" for c in b.choices.conv)},
+                        "keep")
     ft = space.finetune
     steps = ft.steps or f"{ft.epochs:g} epoch(s)"
     print(f"\n{space.name} ({'quick' if quick else 'full'}): base val accuracy {base_acc:.4f} on "
           f"{n_val} images; shipped fine-tune: {ft.optimizer} lr {ft.lr:g}, {steps} steps, "
-          f"loss {ft.loss}, batch {space.data.batch_size}; {seeds} seed(s) per setting")
+          f"loss {ft.loss}, batch {space.data.batch_size}; {seeds} seed(s) per setting; "
+          f"compressed: {compressed.summary(ctx.block_names)}")
     print(f"{'setting':<36} {'unchanged base: Δ acc':>22} {'±noise':>7} {'within':>7} "
-          f"{'per seed':>16} {'all separable':>14} {'s/fine-tune':>11}", flush=True)
-    for name, changes in SETTINGS.items():
+          f"{'per seed':>16} {'compressed':>14} {'s/fine-tune':>11}", flush=True)
+    for name, changes in settings.items():
         keep, sep, secs = [], [], []
         for seed in range(seeds):
             acc, s = fine_tuned_accuracy(ctx, Recipe(), changes, 1000 + seed)
@@ -126,10 +134,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2, help="fine-tunes per setting (default 2)")
     p.add_argument("--full", action="store_true", help="the spaces as they are, not --quick")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--only", action="append", default=[], metavar="SETTING",
+                   help="run only this setting (repeatable), e.g. --only 'as shipped'")
     args = p.parse_args()
+    unknown = [n for n in args.only if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    settings = {n: c for n, c in SETTINGS.items() if not args.only or n in args.only}
     print(machine(), flush=True)
     for path in args.spaces:
-        bench_space(path, args.overrides, not args.full, args.seeds)
+        bench_space(path, args.overrides, not args.full, args.seeds, settings)
 
 
 if __name__ == "__main__":
