@@ -103,9 +103,10 @@ def bench_space(path: str, overrides: list[str], quick: bool, seeds: int,
                          for b in ctx.blocks if any(c != "keep" for c in b.choices.conv)},
                         "keep")
     ft = space.finetune
-    steps = ft.steps or f"{ft.epochs:g} epoch(s)"
+    steps = f"{ft.steps} steps" if ft.steps else f"{ft.epochs:g} epoch(s)"
     print(f"\n{space.name} ({'quick' if quick else 'full'}): base val accuracy {base_acc:.4f} on "
-          f"{n_val} images; shipped fine-tune: {ft.optimizer} lr {ft.lr:g}, {steps} steps, "
+          f"{n_val} images; shipped fine-tune: {ft.optimizer} lr {ft.lr:g}, warm-up {ft.warmup:g}, "
+          f"{ft.schedule}, {steps}, "
           f"loss {ft.loss}, batch {space.data.batch_size}; {seeds} seed(s) per setting; "
           f"compressed: {compressed.summary(ctx.block_names)}")
     print(f"{'setting':<36} {'unchanged base: Δ acc':>22} {'±noise':>7} {'within':>7} "
