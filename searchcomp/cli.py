@@ -234,8 +234,8 @@ def _confirm(space, args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         _stderr("interrupted: the runs made so far are kept; run the same command to go on")
         raise
-    _stderr(f"confirm: {ran} run(s) made now; every one of the {len(numbers)} front point(s) "
-            f"has {args.confirm} confirmation run(s)")
+    _stderr(f"confirm: {ran} run(s) made now; {args.confirm} run(s) made for each of the "
+            f"{len(numbers)} front point(s) (the table below: their means and spreads)")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:

@@ -172,6 +172,21 @@ def test_confirm_runs_are_resumable_and_outside_the_budget(finished_study, tmp_p
     assert "runs: 3 fine-tunes, mean" in text and "95 % interval" in text
     js = res.to_json()
     assert js["hypervolume_interval"] and all("accuracy_low" in p for p in js["front"])
+    # the export card's test accuracy carries its own interval
+    from searchcomp.results.export import export_trial
+
+    card = export_trial(space, front[0], tmp_path / "out", None, 0, None, None,
+                        log=lambda m: None, progress=False)
+    lo, hi = card["exported"]["test_accuracy_interval"]
+    assert lo <= card["exported"]["test_accuracy"] <= hi
+    assert f"[{lo:.4f}, {hi:.4f}]" in (tmp_path / "out" / "card.md").read_text()
+
+
+def test_confirm_must_be_positive(tiny_space_file, capsys):
+    from searchcomp.cli import main
+
+    assert main(["front", str(tiny_space_file), "--confirm", "0"]) == 2
+    assert "--confirm must be >= 1" in capsys.readouterr().err
 
 
 DEFAULT_FT_SPACE = """\
