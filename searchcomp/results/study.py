@@ -85,6 +85,7 @@ class Results:
                     f"latency by {self.base.get('latency_runtime')}"]
                    if self.base.get("runtime") else []),
                  f"{len(self.rows)} trials: " + ", ".join(f"{v} {k}" for k, v in c.items())
+                 + _confirm_count(self.rows)
                  + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}"
                  + (f" [{self.hypervolume_interval[0]:.4f}, {self.hypervolume_interval[1]:.4f}]"
                     if self.hypervolume_interval else ""),
@@ -142,6 +143,11 @@ HOW_TO_READ = (
     "(~: dominated only within noise).")
 LOAD_NOTE = ("!: timed under load (p90 / median > 1.25): its latency is too high; "
              "'searchcomp front SPACE --remeasure' measures the front again quietly")
+
+
+def _confirm_count(rows: list[dict[str, Any]]) -> str:
+    n = sum(1 for r in rows if r.get(CONFIRM_OF) is not None)
+    return f" ({n} of them confirmation runs, not counted)" if n else ""
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
