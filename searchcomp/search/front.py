@@ -146,6 +146,15 @@ def hypervolume_interval(rows: list[dict[str, Any]], runs: dict[Any, list[float]
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    # only rows that some draw can put on the front matter: not dominated by another row at
+    # its worst run when they are at their best
+    def at(r: dict[str, Any], pick: Any) -> tuple[float, ...]:
+        acc = runs.get(r["trial"])
+        return _key({**r, "accuracy": pick(acc)} if acc else r, objectives)
+
+    ok = [r for r in rows if r.get("feasible", True) and all(o in r for o in objectives)]
+    worst = [at(r, min) for r in ok]
+    rows = [r for r in ok if not any(dominates(w, at(r, max)) for w in worst)]
     values = []
     for _ in range(draws):
         drawn = []
