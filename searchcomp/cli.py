@@ -218,6 +218,10 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+#: rounds of "confirm the front, recompute it" before showing a front that still moves
+CONFIRM_ROUNDS = 3
+
+
 def _confirm(space, args: argparse.Namespace) -> None:
     """``front --confirm K``: the confirmation runs of the front's points."""
     from searchcomp.results.study import load_results
@@ -225,15 +229,21 @@ def _confirm(space, args: argparse.Namespace) -> None:
 
     if args.confirm < 1:
         raise SearchcompError(f"--confirm must be >= 1, got {args.confirm}")
-    res = load_results(space, storage=args.storage, study_name=args.study)
-    numbers = [int(r["trial"]) for r in res.front]
-    try:
-        ran = confirm_study(space, numbers, args.confirm, storage=args.storage,
-                            study_name=args.study, log=_stderr, device=args.device,
-                            progress=not args.quiet)
-    except KeyboardInterrupt:
-        _stderr("interrupted: the runs made so far are kept; run the same command to go on")
-        raise
+    ran, numbers = 0, []
+    # the means can move the front: points that join it are confirmed too (a few rounds)
+    for _ in range(CONFIRM_ROUNDS):
+        res = load_results(space, storage=args.storage, study_name=args.study)
+        numbers = [int(r["trial"]) for r in res.front]
+        try:
+            now = confirm_study(space, numbers, args.confirm, storage=args.storage,
+                                study_name=args.study, log=_stderr, device=args.device,
+                                progress=not args.quiet)
+        except KeyboardInterrupt:
+            _stderr("interrupted: the runs made so far are kept; run the same command to go on")
+            raise
+        ran += now
+        if not now:
+            break
     _stderr(f"confirm: {ran} run(s) made now; {args.confirm} run(s) made for each of the "
             f"{len(numbers)} front point(s) (the table below: their means and spreads)")
 
