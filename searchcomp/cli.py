@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=float, metavar="N", help="budget: at most N params")
     p.add_argument("--min-accuracy", type=float, metavar="A",
                    help="budget: validation accuracy at least A")
+    p.add_argument("--confirm", type=int, metavar="K",
+                   help="first fine-tune every front point K more times with new seeds "
+                        "(linked trials, not counted toward --trials; a rerun makes only the "
+                        "missing ones), then show each point's mean and spread")
+    p.add_argument("--quiet", action="store_true", help="--confirm: no progress bars")
+    _add_device(p)
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage (localhost)")
     _add_space(p)
@@ -191,6 +197,8 @@ def _cmd_front(args: argparse.Namespace) -> int:
         from searchcomp.search.api import remeasure_study
 
         remeasure_study(space, storage=args.storage, study_name=args.study, log=_stderr)
+    if args.confirm is not None:
+        _confirm(space, args)
     limits = {"size_mib": args.max_size_mib, "latency_ms": args.max_latency_ms,
               "params": args.max_params}
     if any(v is not None for v in limits.values()) or args.min_accuracy is not None:
@@ -208,6 +216,36 @@ def _cmd_front(args: argparse.Namespace) -> int:
     res = load_results(space, storage=args.storage, study_name=args.study, check_latency=True)
     print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
     return 0
+
+
+#: rounds of "confirm the front, recompute it" before showing a front that still moves
+CONFIRM_ROUNDS = 3
+
+
+def _confirm(space, args: argparse.Namespace) -> None:
+    """``front --confirm K``: the confirmation runs of the front's points."""
+    from searchcomp.results.study import load_results
+    from searchcomp.search.api import confirm_study
+
+    if args.confirm < 1:
+        raise SearchcompError(f"--confirm must be >= 1, got {args.confirm}")
+    ran, numbers = 0, []
+    # the means can move the front: points that join it are confirmed too (a few rounds)
+    for _ in range(CONFIRM_ROUNDS):
+        res = load_results(space, storage=args.storage, study_name=args.study)
+        numbers = [int(r["trial"]) for r in res.front]
+        try:
+            now = confirm_study(space, numbers, args.confirm, storage=args.storage,
+                                study_name=args.study, log=_stderr, device=args.device,
+                                progress=not args.quiet)
+        except KeyboardInterrupt:
+            _stderr("interrupted: the runs made so far are kept; run the same command to go on")
+            raise
+        ran += now
+        if not now:
+            break
+    _stderr(f"confirm: {ran} run(s) made now; {args.confirm} run(s) made for each of the "
+            f"{len(numbers)} front point(s) (the table below: their means and spreads)")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:

@@ -225,7 +225,9 @@ def test_bf16_fine_tune_runs_and_lowers_the_loss():
     model = _tiny_model()
     before = _loss_on(model, val)
     bf16 = Compute(torch.device("cpu"), "bf16", channels_last=True)
-    cfg = FinetuneConfig(steps=60, lr=0.01, loss="ce")
+    # training from scratch: the former default (Adam, constant lr), not the gentle fine-tune
+    cfg = FinetuneConfig(steps=60, lr=0.01, loss="ce", optimizer="adam", warmup=0.0,
+                         schedule="constant")
     res = finetune(model, None, train, val, cfg, compute=bf16)
     after = _loss_on(model, val)
     assert res.steps == 60 and after < 0.8 * before, (before, after)

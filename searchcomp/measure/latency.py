@@ -19,6 +19,11 @@ from searchcomp.deploy.runtime import RUNTIMES as _RUNTIMES
 from searchcomp.deploy.runtime import get_runtime, runtime_of_format
 
 MIN_RUNS = 30
+#: p90 / median above this says the runs were disturbed (other work on the same cores). On
+#: this project's 2-core machine, a tiny ResNet-18 study: 1.04-1.07 for the quiet
+#: re-measurements of the front, 1.05-2.6 (most above 1.7) for trials timed while a test
+#: suite ran on the same cores
+LOAD_RATIO = 1.25
 #: the names ``measure.runtime`` takes
 RUNTIMES = tuple(_RUNTIMES)
 
@@ -36,6 +41,27 @@ class Latency:
     p90_ms: float
     #: the int8-relevant CPU features of the machine (None where they cannot be read)
     cpu_features: tuple[str, ...] | None = field(default_factory=cpu_features)
+    #: the 10th percentile of the same runs (None: not recorded)
+    p10_ms: float | None = None
+
+    @property
+    def under_load(self) -> bool:
+        """True when the runs' dispersion says they were timed under load
+        (p90 / median > :data:`LOAD_RATIO`)."""
+        return timed_under_load(self.median_ms, self.p90_ms)
+
+
+def timed_under_load(median_ms: float | None, p90_ms: float | None) -> bool:
+    """The load flag of a latency from its median and p90 (False when either is missing)."""
+    if not median_ms or p90_ms is None:
+        return False
+    return float(p90_ms) / float(median_ms) > LOAD_RATIO
+
+
+def percentile(times: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``times``, nearest rank (a time some run really took)."""
+    s = sorted(times)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def time_runs(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -48,11 +74,6 @@ def time_runs(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
-
-
-def _p90(times: list[float]) -> float:
-    s = sorted(times)
-    return s[min(len(s) - 1, max(0, round(0.9 * (len(s) - 1))))]
 
 
 def _float_dtype(m: nn.Module) -> torch.dtype:
@@ -117,7 +138,7 @@ def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: 
             times = _synced_times(run, device, runs, warmup)
     return Latency(statistics.median(times),
                    rt.label(threads, _float_dtype(model), device=_device_label(device)), runs,
-                   batch_size, threads, _p90(times))
+                   batch_size, threads, percentile(times, 0.9), p10_ms=percentile(times, 0.1))
 
 
 def _cuda_times(fn: Callable[[], object], device: torch.device, runs: int,
@@ -180,4 +201,4 @@ def time_artifact(folder: str | os.PathLike[str], *, batch_size: int = 1, thread
         times = time_runs(run, runs, warmup)
     dtype = _float_dtype(model) if model is not None else torch.float32
     return Latency(statistics.median(times), rt.label(threads, dtype), runs, batch_size,
-                   threads, _p90(times))
+                   threads, percentile(times, 0.9), p10_ms=percentile(times, 0.1))

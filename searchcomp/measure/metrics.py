@@ -29,6 +29,11 @@ class Metrics:
     runtime: str = "torch"
     #: the int8-relevant features of the CPU ``latency_ms`` was measured on
     cpu_features: tuple[str, ...] | None = None
+    #: the 10th and 90th percentiles of the same timed runs ``latency_ms`` is the median of
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
+    #: the runs' dispersion says they were timed under load (see ``LOAD_RATIO``)
+    latency_under_load: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, as stored with each trial."""
@@ -55,4 +60,6 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int =
     return Metrics(params=count_params(model), size_mib=len(artifact) / 2**20,
                    flops=count_flops(model, input_shape, deployed=deployed),
                    latency_ms=lat.median_ms,
-                   latency_runtime=lat.runtime, runtime=runtime, cpu_features=lat.cpu_features)
+                   latency_runtime=lat.runtime, runtime=runtime, cpu_features=lat.cpu_features,
+                   latency_p10_ms=lat.p10_ms, latency_p90_ms=lat.p90_ms,
+                   latency_under_load=lat.under_load)

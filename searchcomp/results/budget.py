@@ -19,6 +19,7 @@ from searchcomp.config import Space
 from searchcomp.predict.budget import Budget
 from searchcomp.predict.layout import row_keys
 from searchcomp.results.study import load_results
+from searchcomp.search.states import is_repeat
 
 #: two-sided 95 % normal interval
 Z95 = 1.96
@@ -77,7 +78,7 @@ def answer_budget(space: Space, budget: Budget, *, storage: str | None = None,
     """The measured and the predicted best inside ``budget`` (trains and measures nothing)."""
     res = load_results(space, storage=storage, study_name=study_name)
     done = [r for r in res.rows if r["state"] == "complete" and r.get("feasible", True)
-            and r.get("duplicate_of") is None and r.get("accuracy") is not None]
+            and not is_repeat(r) and r.get("accuracy") is not None]
     inside = [r for r in done if budget.inside({k: r.get(k, np.nan) for k in
                                                 ("accuracy", *budget.max_costs)})[0]]
     best = max(inside, key=lambda r: (r["accuracy"], -r["size_mib"]), default=None)

@@ -10,6 +10,7 @@ import numpy as np
 from searchcomp.config import Space
 from searchcomp.predict.latency import calibrated_error, latency_error
 from searchcomp.predict.store import FILE_NAME
+from searchcomp.search.states import is_repeat
 
 
 def latency_check(space: Space, rows: list[dict[str, Any]], study_name: str | None = None
@@ -31,7 +32,7 @@ def latency_check(space: Space, rows: list[dict[str, Any]], study_name: str | No
     runtime = tables.latency.runtime
     points = []
     for r in rows:
-        if r.get("state") != "complete" or r.get("duplicate_of") is not None or \
+        if r.get("state") != "complete" or is_repeat(r) or \
                 r.get("latency_ms") is None:
             continue
         if runtime and r.get("latency_runtime") and r["latency_runtime"] != runtime:

@@ -31,6 +31,7 @@ from searchcomp.deploy.load import load
 from searchcomp.deploy.runtime import get_runtime, runtime_of_format
 from searchcomp.errors import SearchcompError
 from searchcomp.measure import MIN_RUNS, count_params, time_artifact
+from searchcomp.measure.intervals import wilson_interval
 from searchcomp.models import input_shape
 from searchcomp.search.study import SKIPPED, STOPPED_REASON
 from searchcomp.train import evaluate, finetune
@@ -92,7 +93,7 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
                 break
         raise
     e, b = card["exported"], card["base"]
-    log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {e['test_accuracy']:.4f} "
+    log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {_with_ci(e, 'test')} "
         f"(base {b['test_accuracy']:.4f}), {e['file_mib']:.3f} MiB (base {b['file_mib']:.3f}), "
         f"{e['latency_ms']:.2f} ms (base {b['latency_ms']:.2f}) on {e['runtime']}")
     if card["accuracy_gap_flag"]:
@@ -282,21 +283,29 @@ def _write_and_measure(model: nn.Module, info: dict[str, Any], folder: Path, ctx
     lat = time_artifact(folder, batch_size=mm.batch_size, threads=mm.threads, runs=mm.runs,
                         warmup=mm.warmup, loaded=loaded)
     nbytes = path.stat().st_size
-    return {"test_accuracy": evaluate(loaded, ctx.splits.test),
-            "val_accuracy": evaluate(loaded, ctx.splits.val),
+    test_acc, val_acc = evaluate(loaded, ctx.splits.test), evaluate(loaded, ctx.splits.val)
+    return {"test_accuracy": test_acc,
+            "test_accuracy_interval": list(wilson_interval(test_acc, ctx.splits.test.size)),
+            "val_accuracy": val_acc,
+            "val_accuracy_interval": list(wilson_interval(val_acc, ctx.splits.val.size)),
             "file_bytes": nbytes, "file_mib": nbytes / 2**20, "latency_ms": lat.median_ms,
             "runtime": lat.runtime,
             "cpu_features": list(lat.cpu_features) if lat.cpu_features is not None else None,
             "max_abs_diff": diff}
 
 
+def _with_ci(figures: dict[str, Any], split: str) -> str:
+    """An accuracy of the card with its 95 % interval."""
+    acc, ci = figures[f"{split}_accuracy"], figures.get(f"{split}_accuracy_interval")
+    return f"{acc:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as Markdown."""
     e, b, s, m = card["exported"], card["base"], card["search"], card["measure"]
     what = f"trial {card['trial']}"
-    rows = [("test accuracy (the file)", f"{e['test_accuracy']:.4f}", f"{b['test_accuracy']:.4f}"),
-            ("validation accuracy (the file)", f"{e['val_accuracy']:.4f}",
-             f"{b['val_accuracy']:.4f}"),
+    rows = [("test accuracy (the file)", _with_ci(e, "test"), _with_ci(b, "test")),
+            ("validation accuracy (the file)", _with_ci(e, "val"), _with_ci(b, "val")),
             ("params", f"{e['params']:,}", f"{b['params']:,}"),
             (f"file MiB ({card['file']})", f"{e['file_mib']:.4f}", f"{b['file_mib']:.4f}"),
             ("latency ms", f"{e['latency_ms']:.3f}", f"{b['latency_ms']:.3f}")]
@@ -316,7 +325,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              *[f"| {k} | {x} | {y} |" for k, x, y in rows], "",
              f"- Accuracies: measured by running the written files: the held-out test split "
              f"({card['test_split']['images']} {card['test_split']['dataset']} images) and "
-             f"the validation split ({card['val_split']['images']} images) the search chose on.",
+             f"the validation split ({card['val_split']['images']} images) the search chose on; "
+             "[low, high]: the 95 % Wilson interval of each from its number of images.",
              f"- Latency: {card['runtime']}; batch {m['batch_size']}, median of "
              f"{max(m['runs'], MIN_RUNS)} runs after {m['warmup']} warm-up; the base was "
              f"written in the same format and measured the same way. {DEQUANT[card['format']]}",

@@ -96,6 +96,18 @@ def hover(row: dict[str, Any], blocks: Sequence[str], title: str) -> str:
     """Hover text of one point: title, metrics, summary and the recipe per block (escaped)."""
     out = [f"<b>{html.escape(title)}</b>"]
     out += [f"{LABELS[k]}: {fmt_metric(k, row.get(k))}" for k in LABELS if row.get(k) is not None]
+    if row.get("accuracy_low") is not None:
+        out.append(f"accuracy 95 % interval: {row['accuracy_low']:.4f} – "
+                   f"{row['accuracy_high']:.4f}")
+    if row.get("accuracy_runs"):
+        out.append(f"{row['accuracy_runs']} fine-tunes: mean {row['accuracy']:.4f}, sd "
+                   f"{row['accuracy_std']:.4f} (search's run {row['accuracy_search']:.4f})")
+    if row.get("latency_p10_ms") is not None:
+        out.append(f"latency p10–p90: {row['latency_p10_ms']:.2f} – {row['latency_p90_ms']:.2f} ms"
+                   + (" <b>timed under load</b>" if row.get("latency_under_load") else ""))
+    if row.get("within_noise_of"):
+        out.append("dominated only within noise by trial(s) "
+                   + ", ".join(map(str, row["within_noise_of"])))
     if row.get("latency_quiet"):
         out.append(f"latency in trial: {fmt_metric('latency_ms', row['latency_in_trial_ms'])} "
                    "(the figure above: measured again, quietly)")
@@ -125,7 +137,8 @@ def scatter(x: str, rows: list[dict[str, Any]], front: list[dict[str, Any]],
     as crosses, greedy steps in orange), the front highlighted and joined in order of ``x``,
     the base as a star and the greedy result as a diamond."""
     fig = go.Figure()
-    done = _points([r for r in rows if r.get("state") == "complete"], x)
+    done = _points([r for r in rows if r.get("state") == "complete"
+                    and r.get("confirm_of") is None], x)
     groups = [
         ("trials", [r for r in done if r.get("feasible", True) and r.get("strategy") != "greedy"],
          dict(color="#9a9a9a", size=7, opacity=0.45, symbol="circle")),
@@ -143,16 +156,32 @@ def scatter(x: str, rows: list[dict[str, Any]], front: list[dict[str, Any]],
                 name=name, marker=marker, hovertemplate="%{hovertext}<extra></extra>",
                 hovertext=[hover(r, blocks, f"trial {r['trial']}") for r in pts]))
     fr = sorted(_points(front, x), key=lambda r: (r[x], -r["accuracy"]))
+    runs = _points([r for r in rows if r.get("state") == "complete"
+                    and r.get("confirm_of") is not None], x)
+    at = {r["trial"]: r[x] for r in fr}
+    runs = [r for r in runs if r["confirm_of"] in at]
+    if runs:  # each confirmation run at its front point's cost: the spread, seen
+        fig.add_trace(go.Scatter(
+            x=[at[r["confirm_of"]] for r in runs], y=[r["accuracy"] for r in runs],
+            mode="markers", name="confirmation runs",
+            marker=dict(color=FRONT_COLOR, size=6, opacity=0.5, symbol="line-ew-open",
+                        line=dict(width=2)),
+            hovertemplate="%{hovertext}<extra></extra>",
+            hovertext=[f"run {r.get('confirm_run')} of trial {r['confirm_of']}: accuracy "
+                       f"{r['accuracy']:.4f}" for r in runs]))
     if fr:
         fig.add_trace(go.Scatter(
             x=[r[x] for r in fr], y=[r["accuracy"] for r in fr], mode="lines+markers",
             name=f"front ({len(fr)})", line=dict(color=FRONT_COLOR, width=1.5, dash="dot"),
-            marker=dict(color=FRONT_COLOR, size=11, line=dict(color="white", width=1)),
-            hovertemplate="%{hovertext}<extra></extra>",
+            marker=dict(color=FRONT_COLOR, size=11, line=dict(color="white", width=1),
+                        symbol=["circle-open" if r.get("within_noise_of") else "circle"
+                                for r in fr]),
+            error_y=error_bars(fr), hovertemplate="%{hovertext}<extra></extra>",
             hovertext=[hover(r, blocks, f"trial {r['trial']} (front)") for r in fr]))
     if base.get(x) is not None and base.get("accuracy") is not None:
         fig.add_trace(go.Scatter(
             x=[base[x]], y=[base["accuracy"]], mode="markers", name="base",
+            error_y=error_bars([base]),
             marker=dict(color=BASE_COLOR, size=17, symbol="star", line=dict(color="white",
                                                                             width=1)),
             hovertemplate="%{hovertext}<extra></extra>",
@@ -180,6 +209,19 @@ def scatter(x: str, rows: list[dict[str, Any]], front: list[dict[str, Any]],
                      type="log" if x in LOG_X else "linear")
     fig.update_yaxes(title_text="validation accuracy")
     return fig
+
+
+def error_bars(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Plotly ``error_y`` of the rows' 95 % accuracy intervals (with confirmation runs, of
+    their mean, the runs' spread included); None when no row has one."""
+    if not any(r.get("accuracy_low") is not None for r in rows):
+        return None
+    up = [max(0.0, float(r["accuracy_high"]) - float(r["accuracy"]))
+          if r.get("accuracy_high") is not None else 0.0 for r in rows]
+    down = [max(0.0, float(r["accuracy"]) - float(r["accuracy_low"]))
+            if r.get("accuracy_low") is not None else 0.0 for r in rows]
+    return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.2,
+                width=3, color=FRONT_COLOR)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ def hypervolume_by_trial(rows: list[dict[str, Any]], objectives: list[str],
     """For each complete trial k in number order, the hypervolume of trials 1..k:
     ``hypervolume(rows[:k], objectives, base)``, computed incrementally (only a trial that
     joins the front can change it)."""
-    done = sorted((r for r in rows if r.get("state") == "complete"), key=lambda r: r["trial"])
+    done = sorted((r for r in rows if r.get("state") == "complete"
+                   and r.get("confirm_of") is None), key=lambda r: r["trial"])
     out: list[dict[str, Any]] = []
     front: list[dict[str, Any]] = []
     hv = 0.0
@@ -123,6 +124,10 @@ def render(res: Results, blocks: list[str], head_name: str, space_file: str = ""
                  f"feasible trial beats on every objective ({_esc(', '.join(res.objectives))})"
                  " — is highlighted and joined in order of the x axis; in two dimensions some "
                  "of its points can look dominated, since they win on another objective. "
+                 "Error bars: the 95 % interval of each accuracy (the validation images' "
+                 "Wilson interval; with confirmation runs, of their mean, the seeds' spread "
+                 "included); dashes: the confirmation runs themselves. Open circles: points "
+                 "another beats only within that noise, kept on the front. "
                  "Hover a point for its metrics and recipe.</p>"
                  + "<div class=grid>" + "".join(f"<div class=plot>{s}</div>" for s in scatters)
                  + "</div>"),
@@ -190,7 +195,9 @@ def _header(res: Results, space_file: str, generated: datetime) -> str:
              ("storage", res.storage), ("objectives", objectives),
              ("trials", f"{len(res.rows)} finished: {states}"),
              ("front", f"{len(res.front)} point(s)"),
-             ("hypervolume", f"{res.hypervolume:.4f}"),
+             ("hypervolume", f"{res.hypervolume:.4f}" + (
+                 f" (95 % interval from the confirmation runs {res.hypervolume_interval[0]:.4f}"
+                 f" – {res.hypervolume_interval[1]:.4f})" if res.hypervolume_interval else "")),
              ("base", base), ("latency runtime", b.get("latency_runtime") or "–"),
              ("greedy baseline", greedy),
              ("generated", generated.strftime("%Y-%m-%d %H:%M:%S %Z").strip())]
@@ -214,6 +221,33 @@ def _in_trial(r: dict[str, Any]) -> str:
             f'other trials">in trial {float(r["latency_in_trial_ms"]):.2f}</span>')
 
 
+def _uncertain(r: dict[str, Any]) -> str:
+    """The accuracy's 95 % interval, its confirmation runs and noise marks, under it."""
+    out = ""
+    if r.get("accuracy_low") is not None:
+        out += f'<br><span class=rel>[{r["accuracy_low"]:.4f}, {r["accuracy_high"]:.4f}]</span>'
+    if r.get("accuracy_runs"):
+        out += (f'<br><span class=rel title="mean of {r["accuracy_runs"]} fine-tunes">'
+                f'{r["accuracy_runs"]} runs, sd {r["accuracy_std"]:.4f}; search\'s '
+                f'{r["accuracy_search"]:.4f}</span>')
+    if r.get("within_noise_of"):
+        out += ('<br><span class=rel>~ within noise of '
+                + ", ".join(map(str, r["within_noise_of"])) + "</span>")
+    if r.get("lead_within_noise_over"):
+        out += ('<br><span class=rel>lead over ' + ", ".join(map(str, r["lead_within_noise_over"]))
+                + " within noise</span>")
+    return out
+
+
+def _spread(r: dict[str, Any]) -> str:
+    """The latency's p10 – p90 and the under-load flag, under it."""
+    if r.get("latency_p10_ms") is None:
+        return ""
+    load = " <b title='p90 / median > 1.25'>under load</b>" if r.get("latency_under_load") else ""
+    return (f'<br><span class=rel>p10–p90 {r["latency_p10_ms"]:.2f}–'
+            f'{r["latency_p90_ms"]:.2f}{load}</span>')
+
+
 def _table(res: Results) -> str:
     """The front as a plain HTML table, with the base and the greedy result."""
     b = res.base
@@ -225,12 +259,12 @@ def _table(res: Results) -> str:
         acc = r.get("accuracy")
         delta = (f"{float(acc) - float(b['accuracy']):+.4f}"
                  if acc is not None and b.get("accuracy") is not None else "–")
-        num = [fmt_metric("accuracy", acc), delta,
+        num = [fmt_metric("accuracy", acc) + _uncertain(r), delta,
                fmt_metric("params", r.get("params")) + _rel(r.get("params"), b.get("params")),
                (f"{float(r['size_mib']):.3f}" if r.get("size_mib") is not None else "–")
                + _rel(r.get("size_mib"), b.get("size_mib")),
                (f"{float(r['latency_ms']):.2f}" if r.get("latency_ms") is not None else "–")
-               + _rel(r.get("latency_ms"), b.get("latency_ms")) + _in_trial(r),
+               + _rel(r.get("latency_ms"), b.get("latency_ms")) + _in_trial(r) + _spread(r),
                fmt_metric("flops", r.get("flops"))]
         return "".join(f"<td>{c}</td>" for c in num)
 

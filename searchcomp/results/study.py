@@ -8,11 +8,18 @@ from typing import Any
 from optuna.trial import TrialState
 
 from searchcomp.config import OBJECTIVES, Space
-from searchcomp.search.front import hypervolume, pareto_front
+from searchcomp.measure.intervals import Z95, accuracy_noise, spread
+from searchcomp.search.front import hypervolume, hypervolume_interval, noise_front, pareto_front
 from searchcomp.search.remeasure import QUIET_KEY, with_quiet
+from searchcomp.search.states import CONFIRM_OF, is_repeat
 from searchcomp.search.study import SKIPPED, open_study, resolve_storage, trial_row
 
 SHOWN = ("accuracy", "params", "size_mib", "latency_ms")
+#: how sure each front point's figures are (see :mod:`searchcomp.measure.intervals`)
+UNCERTAINTY = ("accuracy_low", "accuracy_high", "val_images", "accuracy_search",
+               "accuracy_runs", "accuracy_std", "accuracy_min", "accuracy_max",
+               "latency_p10_ms", "latency_p90_ms", "latency_under_load", "within_noise_of",
+               "lead_within_noise_over")
 
 
 @dataclass
@@ -29,6 +36,10 @@ class Results:
     hypervolume: float
     #: predicted vs measured latency of the trials (see :mod:`.checks`), when asked for
     latency_check: dict[str, Any] | None = None
+    #: the trials of the plain Pareto front (``front`` also holds points within noise)
+    pareto: list[int] | None = None
+    #: the hypervolume's 95 % interval from the confirmation runs (None: no runs)
+    hypervolume_interval: tuple[float, float] | None = None
 
     def counts(self) -> dict[str, int]:
         """Number of trials per state."""
@@ -50,11 +61,15 @@ class Results:
                     "head": (r.get("recipe") or {}).get("head", "keep"),
                     **{k: r.get(k) for k in keys}, "summary": r.get("summary"),
                     "latency_in_trial_ms": r.get("latency_in_trial_ms", r.get("latency_ms")),
-                    "strategy": r.get("strategy")}
+                    "strategy": r.get("strategy"),
+                    **{k: r.get(k) for k in UNCERTAINTY},
+                    "on_pareto_front": self.pareto is None or r["trial"] in self.pareto}
 
         return {"study": self.study, "storage": self.storage, "objectives": self.objectives,
                 "base": self.base, "front": [point(r) for r in self.front],
                 "greedy": self.greedy, "hypervolume": self.hypervolume,
+                "hypervolume_interval": (None if self.hypervolume_interval is None
+                                         else list(self.hypervolume_interval)),
                 "trials": self.counts(),
                 "latency_check": None if not self.latency_check else
                 {k: v for k, v in self.latency_check.items() if k != "points"}}
@@ -70,20 +85,29 @@ class Results:
                     f"latency by {self.base.get('latency_runtime')}"]
                    if self.base.get("runtime") else []),
                  f"{len(self.rows)} trials: " + ", ".join(f"{v} {k}" for k, v in c.items())
-                 + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}",
+                 + _confirm_count(self.rows)
+                 + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}"
+                 + (f" [{self.hypervolume_interval[0]:.4f}, {self.hypervolume_interval[1]:.4f}]"
+                    if self.hypervolume_interval else ""),
                  ""]
-        head = f"{'trial':>6}  {'val acc':>7}  {'params':>9}  {'MiB':>8}  {'latency ms':>10}  " \
-               "choices"
+        head = (f"{'trial':>6}  {'val acc':>7}  {'95 % interval':>15}  {'params':>9}  "
+                f"{'MiB':>8}  {'latency ms':>10}  {'p10-p90':>13}  choices")
         lines.append(head)
 
         def fmt(label: str, r: dict[str, Any], note: str = "") -> str:
-            return (f"{label:>6}  {r['accuracy']:7.4f}  {r['params'] / 1e6:7.3f} M  "
-                    f"{r['size_mib']:8.3f}  {r['latency_ms']:10.3f}  {note}")
+            lo, hi = r.get("accuracy_low"), r.get("accuracy_high")
+            ci = f"[{lo:.4f},{hi:.4f}]" if lo is not None and hi is not None else "–"
+            p10, p90 = r.get("latency_p10_ms"), r.get("latency_p90_ms")
+            lat = f"{p10:.2f}-{p90:.2f}" if p10 is not None and p90 is not None else "–"
+            load = "!" if r.get("latency_under_load") else " "
+            return (f"{label:>6}  {r['accuracy']:7.4f}  {ci:>15}  {r['params'] / 1e6:7.3f} M  "
+                    f"{r['size_mib']:8.3f}  {r['latency_ms']:10.3f}  {lat:>12}{load}  {note}")
 
         lines.append(fmt("base", self.base, "the base model, before any change"
                          + _in_trial(self.base)))
         for r in self.front:
             lines.append(fmt(str(r["trial"]), r, (r.get("summary") or "") + _in_trial(r)))
+            lines += [f"{'':>8}{n}" for n in _notes(r)]
         if self.greedy:
             g = self.greedy
             if g.get("trial") is not None:
@@ -101,12 +125,45 @@ class Results:
             lines += ["", f"latency: measured again quietly after the search ({len(quiet)} of "
                       f"{len(self.front) + 1} rows), one model at a time with no trial running; "
                       "(in trial X ms): the figure measured during the trial"]
+        lines += ["", HOW_TO_READ]
+        if any(r.get("latency_under_load") for r in [self.base, *self.front]):
+            lines.append(LOAD_NOTE)
         lines.append("")
         check = describe_latency_check(self.latency_check)
         if check:
             lines.append(check)
         lines.append(legend())
         return "\n".join(lines)
+
+
+HOW_TO_READ = (
+    "val acc: validation accuracy (with confirmation runs, their mean); 95 % interval: of that "
+    "accuracy, from the\nvalidation images (Wilson) and, with runs, the seeds' spread; p10-p90: "
+    "of the timed runs. The front keeps\nevery point no other beats by more than this noise "
+    "(~: dominated only within noise).")
+LOAD_NOTE = ("!: timed under load (p90 / median > 1.25): its latency is too high; "
+             "'searchcomp front SPACE --remeasure' measures the front again quietly")
+
+
+def _confirm_count(rows: list[dict[str, Any]]) -> str:
+    n = sum(1 for r in rows if r.get(CONFIRM_OF) is not None)
+    return f" ({n} of them confirmation runs, not counted)" if n else ""
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    """The confirmation runs and the noise marks of a front row, one line each."""
+    out = []
+    if r.get("accuracy_runs"):
+        out.append(f"runs: {r['accuracy_runs']} fine-tunes, mean {r['accuracy']:.4f} sd "
+                   f"{r['accuracy_std']:.4f}, range {r['accuracy_min']:.4f}..."
+                   f"{r['accuracy_max']:.4f} (the search's run: {r['accuracy_search']:.4f})")
+    if r.get("within_noise_of"):
+        out.append("~ dominated only within noise by trial(s) "
+                   + ", ".join(map(str, r["within_noise_of"])))
+    if r.get("lead_within_noise_over"):
+        out.append("~ its accuracy lead over the cheaper trial(s) "
+                   + ", ".join(map(str, r["lead_within_noise_over"])) + " is within noise")
+    return out
 
 
 def _in_trial(r: dict[str, Any]) -> str:
@@ -131,14 +188,21 @@ def load_results(space: Space, *, storage: str | None = None,
     # quiet re-measurements (see searchcomp.search.remeasure) replace in-trial latencies
     figures = dict(study.user_attrs.get(QUIET_KEY) or {})
     rows = with_quiet(rows, figures)
-    # a repeated configuration reused an earlier result: one point, not two
-    complete = [r for r in rows if r["state"] == "complete" and r.get("duplicate_of") is None]
+    # a repeated configuration reused an earlier result, a confirmation run repeats a point:
+    # one point each, not two
+    complete = [r for r in rows if r["state"] == "complete" and not is_repeat(r)]
+    runs = confirmation_accuracies(rows)
+    complete = [with_runs(r, runs.get(r["trial"])) for r in complete]
     base = dict(study.user_attrs.get("base") or {})
     if base and figures.get("base"):
         base = with_quiet([{**base, "trial": "base"}], figures)[0]
         base.pop("trial")
-    front = pareto_front(complete, objectives)
+    front = noise_front(complete, objectives)
+    pareto = [r["trial"] for r in pareto_front(complete, objectives)]
     hv = hypervolume(complete, objectives, base) if base else 0.0
+    hv_interval = None
+    if base and any(len(v) > 1 for v in runs.values()):
+        hv_interval = hypervolume_interval(complete, runs, objectives, base)
     greedy = None
     g = study.user_attrs.get("greedy")
     if g:
@@ -156,4 +220,30 @@ def load_results(space: Space, *, storage: str | None = None,
 
         check = latency_check(space, rows, name)
     return Results(name, resolve_storage(space, storage, name), objectives, base, rows, front,
-                   greedy, hv, check)
+                   greedy, hv, check, pareto, hv_interval)
+
+
+def confirmation_accuracies(rows: list[dict[str, Any]]) -> dict[int, list[float]]:
+    """Trial -> the accuracies of it and its complete confirmation runs (only trials that
+    have some)."""
+    extra: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get(CONFIRM_OF) is not None and r["state"] == "complete" and "accuracy" in r:
+            extra.setdefault(int(r[CONFIRM_OF]), []).append(float(r["accuracy"]))
+    originals = {r["trial"]: r for r in rows if r["trial"] in extra and "accuracy" in r}
+    return {n: [float(originals[n]["accuracy"]), *v] for n, v in extra.items()
+            if n in originals}
+
+
+def with_runs(row: dict[str, Any], accuracies: list[float] | None) -> dict[str, Any]:
+    """``row`` with the mean of its runs as its accuracy (the search's own figure kept as
+    ``accuracy_search``), their spread, and the 95 % interval of that mean."""
+    if not accuracies or len(accuracies) < 2:
+        return row
+    s = spread(accuracies)
+    out = {**row, "accuracy_search": row["accuracy"], "accuracy": s.mean,
+           "accuracy_runs": s.runs, "accuracy_std": s.std, "accuracy_min": s.low,
+           "accuracy_max": s.high}
+    half = Z95 * accuracy_noise(out)
+    out["accuracy_low"], out["accuracy_high"] = max(0.0, s.mean - half), min(1.0, s.mean + half)
+    return out

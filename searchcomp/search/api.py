@@ -204,3 +204,47 @@ def remeasure_study(space: Space, *, storage: str | None = None, study_name: str
             "running in the study)...")
     return remeasure_here(ctx, study, StudyLock(resolve_storage(space, storage, name), name),
                           log)
+
+
+def confirm_study(space: Space, numbers: list[int], runs: int, *, storage: str | None = None,
+                  study_name: str | None = None, log: Callable[[str], None] = print,
+                  device: str | None = None, progress: bool = True) -> int:
+    """``searchcomp front --confirm K``: fine-tune trials ``numbers`` (the front) ``runs``
+    more times each with new seeds, as linked trials not counted toward ``--trials``
+    (:mod:`searchcomp.search.confirm`); only the runs still missing are made. Returns how many
+    ran now."""
+    from searchcomp.search.confirm import confirm_trials, missing_runs
+    from searchcomp.search.progress import Progress
+
+    if runs < 1:
+        raise SearchcompError(f"--confirm must be >= 1, got {runs}")
+    name = study_name or space.name
+    study = open_study(space, storage=storage, study_name=name, load_only=True)
+    if not missing_runs(study, numbers, runs):
+        return 0
+    ctx = prepare(space, progress=progress, log=log, study_name=name, device=device,
+                  known_base=_stored_base(space, storage, name))
+    bar = Progress(None, 0, quiet=not progress) if progress else None
+    try:
+        return confirm_trials(ctx, study, numbers, runs,
+                              lock=StudyLock(resolve_storage(space, storage, name), name),
+                              log=bar.trials.write if bar and not bar.quiet else log,
+                              on_step=_steps(bar, ctx) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _steps(bar, ctx) -> Callable[[int, int, float], None]:
+    """The fine-tune bar of a confirmation run (reset at each run's first step)."""
+    from searchcomp.train import total_steps
+
+    total = total_steps(ctx.space.finetune, ctx.splits.train)
+
+    def on_step(step: int, n: int, loss: float) -> None:
+        if step <= 1:
+            bar.start_trial(-1, total)
+            bar.steps.set_description("confirm fine-tune")
+        bar.step(step, n, loss)
+
+    return on_step

@@ -19,6 +19,7 @@ from searchcomp.compute.device import DeviceError
 from searchcomp.config import Space
 from searchcomp.data import Batches, Splits, load_splits
 from searchcomp.measure import measure
+from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.models import Block, check_inputs, input_shape, obtain_base, state_digest
 from searchcomp.search.files import write_atomic
 from searchcomp.train import DEFAULT_COMPUTE, teacher_logits
@@ -81,7 +82,9 @@ def measure_model(model: nn.Module, space: Space, device: torch.device,
                   calib=None if calib is None else calib.detach().cpu())
     return {"params": met.params, "size_mib": met.size_mib, "latency_ms": met.latency_ms,
             "flops": met.flops, "latency_runtime": met.latency_runtime, "runtime": met.runtime,
-            "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
+            "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None,
+            "latency_p10_ms": met.latency_p10_ms, "latency_p90_ms": met.latency_p90_ms,
+            "latency_under_load": met.latency_under_load}
 
 
 def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
@@ -119,8 +122,9 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     if known_base and known_base.get("key") == key and known_base.get("metrics"):
         base_metrics, measured = dict(known_base["metrics"]), False
     else:
-        base_metrics = {"accuracy": base.val_accuracy, **measure_model(base.model, space, mdev,
-                                                                       calib)}
+        base_metrics = {"accuracy": base.val_accuracy,
+                        **accuracy_attrs(base.val_accuracy, splits.val.size),
+                        **measure_model(base.model, space, mdev, calib)}
         measured = True
     study_dir = Path(space.studies_dir) / (study_name or space.name)
     logits = None

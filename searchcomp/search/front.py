@@ -1,4 +1,5 @@
-"""The Pareto front of a study and its hypervolume: pure functions over trial rows."""
+"""The Pareto front of a study, its noise-aware variant and its hypervolume: pure functions
+over trial rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from searchcomp.config import OBJECTIVES
+from searchcomp.measure.intervals import difference_noise
 
 
 def _key(row: dict[str, Any], objectives: Sequence[str]) -> tuple[float, ...]:
@@ -76,3 +78,91 @@ def _hv(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
         if upper > p[-1]:
             volume += _hv([q[:-1] for q in pts[:i + 1]], ref[:-1]) * (upper - p[-1])
     return volume
+
+
+# -- a front that knows its noise ------------------------------------------------------------
+
+def tolerance(objective: str, a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The measured noise of a difference between rows ``a`` and ``b`` in ``objective``:
+    accuracy, the half-width of the 95 % interval of the difference (the evaluations' and,
+    with confirmation runs, the seeds' spread); latency, the larger half-spread (p90 - p10)
+    / 2 of the two rows' timed runs; params, MiB and FLOPs are exact (0)."""
+    if objective == "accuracy":
+        return difference_noise(a, b)
+    if objective == "latency_ms":
+        return max((_half_spread(r) for r in (a, b)), default=0.0)
+    return 0.0
+
+
+def _half_spread(row: dict[str, Any]) -> float:
+    lo, hi = row.get("latency_p10_ms"), row.get("latency_p90_ms")
+    return 0.0 if lo is None or hi is None else max(0.0, (float(hi) - float(lo)) / 2)
+
+
+def beats_beyond_noise(q: dict[str, Any], p: dict[str, Any], objectives: Sequence[str]
+                       ) -> bool:
+    """``q`` dominates ``p``, and in one objective at least by more than the noise."""
+    kq, kp = _key(q, objectives), _key(p, objectives)
+    return dominates(kq, kp) and any(a < b - tolerance(o, q, p)
+                                     for o, a, b in zip(objectives, kq, kp, strict=True))
+
+
+def noise_front(rows: list[dict[str, Any]], objectives: Sequence[str]) -> list[dict[str, Any]]:
+    """The front that does not reward luck: feasible rows that no other row beats by more
+    than the measured noise (:func:`beats_beyond_noise`), sorted like :func:`pareto_front`.
+
+    It holds the Pareto front and the points dominated only within noise. Each row comes back
+    as a copy with two marks: ``within_noise_of``, the trials that dominate it, but only
+    within noise (empty on the plain Pareto front), and ``lead_within_noise_over``, the front
+    points no costlier in any cost (and cheaper in one) whose lower accuracy is within noise
+    of this row's (its accuracy lead over them may be luck)."""
+    ok = [r for r in rows if r.get("feasible", True) and all(o in r for o in objectives)]
+    keep = [r for r in ok if not any(q is not r and beats_beyond_noise(q, r, objectives)
+                                     for q in ok)]
+    costs = [o for o in objectives if o != "accuracy"]
+    out = []
+    for r in keep:
+        k = _key(r, objectives)
+        within = [q["trial"] for q in ok if q is not r and dominates(_key(q, objectives), k)]
+        lead = []
+        if "accuracy" in objectives and costs:
+            kc = _key(r, costs)
+            for q in keep:
+                if q is r or not dominates(_key(q, costs), kc):
+                    continue
+                gap = float(r["accuracy"]) - float(q["accuracy"])
+                if 0 < gap <= tolerance("accuracy", r, q):
+                    lead.append(q["trial"])
+        out.append({**r, "within_noise_of": within, "lead_within_noise_over": lead})
+    return sorted(out, key=lambda r: _key(r, objectives))
+
+
+def hypervolume_interval(rows: list[dict[str, Any]], runs: dict[Any, list[float]],
+                         objectives: Sequence[str], base: dict[str, Any], *,
+                         draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """The 95 % bootstrap interval of :func:`hypervolume`: each draw resamples, with
+    replacement, the accuracies of every row with repeated runs (``runs``: trial -> the
+    accuracies of its original and its confirmation runs) and uses their mean."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    # only rows that some draw can put on the front matter: not dominated by another row at
+    # its worst run when they are at their best
+    def at(r: dict[str, Any], pick: Any) -> tuple[float, ...]:
+        acc = runs.get(r["trial"])
+        return _key({**r, "accuracy": pick(acc)} if acc else r, objectives)
+
+    ok = [r for r in rows if r.get("feasible", True) and all(o in r for o in objectives)]
+    worst = [at(r, min) for r in ok]
+    rows = [r for r in ok if not any(dominates(w, at(r, max)) for w in worst)]
+    values = []
+    for _ in range(draws):
+        drawn = []
+        for r in rows:
+            acc = runs.get(r["trial"])
+            if acc and len(acc) > 1:
+                r = {**r, "accuracy": float(np.mean(rng.choice(acc, size=len(acc))))}
+            drawn.append(r)
+        values.append(hypervolume(drawn, objectives, base))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)

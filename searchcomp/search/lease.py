@@ -23,7 +23,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from searchcomp.search.states import COUNTED, trial_params
+from searchcomp.search.states import CONFIRM_OF, COUNTED, trial_params
 
 #: system attributes (hidden from the dashboard's user attributes) a running trial carries
 HEARTBEAT = "searchcomp:heartbeat"
@@ -144,10 +144,12 @@ def fail_stale_trials(study: optuna.Study, heartbeat_s: float,
         except (UpdateFinishedTrialError, KeyError):
             continue  # finished meanwhile, or another worker failed it first
         failed.append(t.number)
+        # a confirmation run is made again by the next 'front --confirm', not by a search
+        again = retries < MAX_RETRIES and t.user_attrs.get(CONFIRM_OF) is None
         if log:
-            log(f"trial {t.number}: {reason}"
-                + ("" if retries >= MAX_RETRIES else "; its choices are queued again"))
-        if retries < MAX_RETRIES:
+            log(f"trial {t.number}: {reason}" + ("; its choices are queued again" if again
+                                                 else ""))
+        if again:
             requeue(study, t)
     return failed
 

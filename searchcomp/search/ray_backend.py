@@ -36,6 +36,7 @@ from searchcomp.search.lease import (
 )
 from searchcomp.search.runner import format_line, sample_recipe, weights_name
 from searchcomp.search.samplers import space_exhausted
+from searchcomp.search.states import is_running_search
 from searchcomp.search.study import COUNTED, STOPPED_REASON, done_trials, is_done, trial_row
 from searchcomp.search.trial import TrialContext
 
@@ -159,7 +160,7 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
             with lock():
                 trials = study.get_trials(deepcopy=False)
                 done = sum(1 for t in trials if is_done(t))
-                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                running = sum(1 for t in trials if is_running_search(t))
                 if done >= n_trials:
                     return Searcher.FINISHED
                 if done + running >= n_trials:

@@ -34,7 +34,7 @@ from searchcomp.models import input_shape
 from searchcomp.search.front import pareto_front
 from searchcomp.search.lease import worker_name
 from searchcomp.search.locks import quiet
-from searchcomp.search.states import DUPLICATE_OF
+from searchcomp.search.states import is_repeat
 from searchcomp.search.study import trial_row
 from searchcomp.search.trial import TrialContext
 
@@ -54,7 +54,9 @@ def with_quiet(rows: list[dict[str, Any]], figures: dict[str, Any]) -> list[dict
         if q and "latency_ms" in r:
             r = {**r, "latency_in_trial_ms": r["latency_ms"], "latency_ms": q["latency_ms"],
                  "latency_runtime": q.get("latency_runtime", r.get("latency_runtime")),
-                 "latency_quiet": True}
+                 "latency_quiet": True, "latency_in_trial_under_load": r.get("latency_under_load"),
+                 **{k: q.get(k) for k in ("latency_p10_ms", "latency_p90_ms",
+                                          "latency_under_load")}}
         out.append(r)
     return out
 
@@ -63,7 +65,7 @@ def original_rows(study: optuna.Study, objectives: list[str]) -> dict[int, dict[
     """Complete trials that are not answered copies of another, as rows by trial number."""
     return {t.number: trial_row(t, objectives)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get(DUPLICATE_OF) is None and "latency_ms" in t.user_attrs}
+            if not is_repeat(t.user_attrs) and "latency_ms" in t.user_attrs}
 
 
 def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +93,8 @@ def _time(ctx: TrialContext, model: torch.nn.Module) -> dict[str, Any]:
                   threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
                   device=ctx.measure_device, calib=ctx.calib.detach().cpu())
     return {"latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime,
+            "latency_p10_ms": met.latency_p10_ms, "latency_p90_ms": met.latency_p90_ms,
+            "latency_under_load": met.latency_under_load,
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "worker": worker_name()}
 
 

@@ -36,6 +36,8 @@ from searchcomp.search.states import (
     SKIPPED,
     STOPPED_REASON,
     is_done,
+    is_repeat,
+    is_running_search,
 )
 from searchcomp.search.study import done_trials, trial_row
 from searchcomp.search.trial import TrialContext, run_trial
@@ -51,7 +53,7 @@ TRIAL_ERRORS = (Exception,)
 POLL_S = 5.0
 #: attributes a duplicate does not copy from the trial it is answered from
 OWN_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "greedy_form",
-             "retry_of")
+             "retry_of", "confirm_of", "confirm_run")
 
 
 def weights_name(number: int) -> str:
@@ -205,7 +207,7 @@ class Searcher:
         """A completed, original trial of this study with exactly the same choices, if any."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if (t.number != trial.number and t.params == trial.params
-                    and t.user_attrs.get(DUPLICATE_OF) is None
+                    and not is_repeat(t.user_attrs)
                     and all(o in t.user_attrs for o in self.objectives)):
                 return t
         return None
@@ -279,7 +281,7 @@ class Searcher:
                 done = sum(1 for t in trials if is_done(t))
                 if done >= n_trials:
                     return None, "done"
-                running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                running = sum(1 for t in trials if is_running_search(t))
                 if done + running >= n_trials:
                     return None, "full"
             queued = any(t.state == TrialState.WAITING for t in trials)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from searchcomp.candidate import Recipe
 from searchcomp.config import KEEP
 from searchcomp.search.runner import recipe_params
-from searchcomp.search.states import is_done, params_key, taken_keys
+from searchcomp.search.states import is_done, is_running_search, params_key, taken_keys
 from searchcomp.search.trial import TrialContext
 
 __all__ = ["enqueue_seeds"]
@@ -47,8 +47,8 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
         present = taken_keys(trials)
         room = None
         if n_trials is not None:
-            room = n_trials - sum(1 for t in trials if is_done(t) or t.state in
-                                  (TrialState.RUNNING, TrialState.WAITING))
+            room = n_trials - sum(1 for t in trials if is_done(t) or is_running_search(t)
+                                  or t.state == TrialState.WAITING)
         seen = set()
         for tag, recipe in seeds:
             if room is not None and len(seen) >= room:

@@ -21,6 +21,18 @@ STOPPED_REASON = "stopped_reason"
 #: user attribute of a queued trial whose choices a finished trial already had: answered from
 #: that trial (same values), not fine-tuned again and not counted toward ``--trials``
 DUPLICATE_OF = "duplicate_of"
+#: user attribute of a confirmation run (``front --confirm``): the number of the front trial
+#: whose recipe it fine-tunes again with a new seed; never counted toward ``--trials``
+CONFIRM_OF = "confirm_of"
+#: user attribute of a confirmation run: which of the K runs of its trial it is (1..K)
+CONFIRM_RUN = "confirm_run"
+
+
+def is_repeat(attrs: dict[str, Any]) -> bool:
+    """A trial (its user attributes, or a row) that repeats another's choices on purpose: an
+    answered duplicate or a confirmation run. Not a new candidate: not counted, not a point of
+    the front by itself."""
+    return attrs.get(DUPLICATE_OF) is not None or attrs.get(CONFIRM_OF) is not None
 
 
 def params_key(params: dict[str, Any]) -> tuple:
@@ -44,8 +56,14 @@ def is_finished(t: FrozenTrial) -> bool:
 
 
 def is_done(t: FrozenTrial) -> bool:
-    """Counts toward ``--trials``: finished for good and not a duplicate of an earlier trial."""
-    return is_finished(t) and t.user_attrs.get(DUPLICATE_OF) is None
+    """Counts toward ``--trials``: finished for good, not a duplicate of an earlier trial and
+    not a confirmation run."""
+    return is_finished(t) and not is_repeat(t.user_attrs)
+
+
+def is_running_search(t: FrozenTrial) -> bool:
+    """A running trial that will count toward ``--trials`` (not a confirmation run)."""
+    return t.state == TrialState.RUNNING and t.user_attrs.get(CONFIRM_OF) is None
 
 
 def is_taken(t: FrozenTrial) -> bool:

@@ -14,6 +14,8 @@ from searchcomp.errors import SearchcompError
 from searchcomp.search.locks import StudyLock
 from searchcomp.search.samplers import make_sampler
 from searchcomp.search.states import (  # noqa: F401 - re-exported: the study's vocabulary
+    CONFIRM_OF,
+    CONFIRM_RUN,
     COUNTED,
     DUPLICATE_OF,
     SKIPPED,
@@ -21,6 +23,10 @@ from searchcomp.search.states import (  # noqa: F401 - re-exported: the study's 
     is_done,
     is_finished,
 )
+
+#: what a trial stores beside its accuracy and latency to say how sure they are
+INTERVAL_KEYS = ("accuracy_low", "accuracy_high", "val_images", "latency_p10_ms",
+                 "latency_p90_ms", "latency_under_load")
 
 
 def default_storage(space: Space, study_name: str | None = None) -> str:
@@ -134,9 +140,9 @@ def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[s
     row = {"trial": t.number, "state": state_name(t), "recipe": a.get("recipe"),
            "summary": a.get("summary"), "strategy": a.get("strategy", "search"),
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
-    for k in ("accuracy", "params", "size_mib", "latency_ms", "flops", "latency_runtime",
-              "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
-              DUPLICATE_OF, "retry_of"):
+    for k in ("accuracy", *INTERVAL_KEYS, "params", "size_mib", "latency_ms", "flops",
+              "latency_runtime", "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
+              DUPLICATE_OF, "retry_of", CONFIRM_OF, CONFIRM_RUN, "seed"):
         if k in a:
             row[k] = a[k]
     return row

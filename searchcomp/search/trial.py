@@ -19,6 +19,7 @@ from searchcomp.candidate import Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
 from searchcomp.deploy.runtime import get_runtime
+from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
 from searchcomp.search.locks import measuring
@@ -121,8 +122,8 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     lap("evaluate")
     model.to(ctx.measure_device)  # trained: from here on it is the model to deploy
     with measuring(ctx.weights_dir.parent):  # one latency measurement at a time per machine
-        metrics = {"accuracy": accuracy, **measure_model(model, space, ctx.measure_device,
-                                                          ctx.calib)}
+        metrics = {"accuracy": accuracy, **accuracy_attrs(accuracy, ctx.splits.val.size),
+                   **measure_model(model, space, ctx.measure_device, ctx.calib)}
     lap("measure")
     weights = save_weights(model, ctx.weights_dir / f"{trial_id}.pt")
     lap("save")

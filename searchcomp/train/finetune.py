@@ -51,6 +51,33 @@ def _optimizer(cfg: FinetuneConfig, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr)
 
 
+def lr_factor(cfg: FinetuneConfig, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: a linear warm-up over ``cfg.warmup`` of the
+    ``total`` steps, then constant or a cosine decay to 0 (``cfg.schedule``)."""
+    warm = int(round(cfg.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if cfg.schedule == "cosine":
+            rest = max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(step - warm, rest) / rest))
+        return 1.0
+
+    return factor
+
+
+def train_mode(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """Training mode, with the BatchNorm layers kept in eval mode when ``cfg.bn`` is
+    ``frozen``: they normalise with the running statistics and do not update them (a short
+    fine-tune on small batches would otherwise replace well-estimated statistics)."""
+    model.train()
+    if cfg.bn == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: Batches,
              cfg: FinetuneConfig, *, on_step: Callable[[int, int, float], None] | None = None,
              compute: Compute | None = None, teacher_logits: torch.Tensor | None = None,
@@ -80,9 +107,10 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
     compute.train_layout(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(cfg, params)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, n))
     scaler = compute.grad_scaler()
     alpha, temperature = cfg.distill.alpha, cfg.distill.temperature
-    model.train()
+    train_mode(model, cfg)
     t0 = time.perf_counter()
     step, loss_value, checked = 0, float("nan"), None
     try:
@@ -102,6 +130,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                sched.step()
                 step += 1
                 if step % SYNC_EVERY == 0 or step == n or step == check_step:
                     loss_value = float(loss.detach())
@@ -114,7 +143,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
                     checked = evaluate(model, val, compute)
                     if checked < cfg.min_accuracy:
                         raise BelowFloor(checked, step, cfg.min_accuracy)
-                    model.train()
+                    train_mode(model, cfg)
                 if step >= n:
                     break
     finally:
