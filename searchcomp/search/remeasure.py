@@ -29,8 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.candidate import Recipe, build
 from searchcomp.deploy.runtime import get_runtime
-from searchcomp.measure import measure
-from searchcomp.models import input_shape
+from searchcomp.search.context import measure_model
 from searchcomp.search.front import pareto_front
 from searchcomp.search.lease import worker_name
 from searchcomp.search.locks import quiet
@@ -88,13 +87,10 @@ def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[
 
 
 def _time(ctx: TrialContext, model: torch.nn.Module) -> dict[str, Any]:
-    mm = ctx.space.measure
-    met = measure(model, input_shape(ctx.space.model), batch_size=mm.batch_size,
-                  threads=mm.threads, runs=mm.runs, warmup=mm.warmup, runtime=mm.runtime,
-                  device=ctx.measure_device, calib=ctx.calib.detach().cpu())
-    return {"latency_ms": met.latency_ms, "latency_runtime": met.latency_runtime,
-            "latency_p10_ms": met.latency_p10_ms, "latency_p90_ms": met.latency_p90_ms,
-            "latency_under_load": met.latency_under_load,
+    met = measure_model(model, ctx.space, ctx.measure_device, ctx.calib)
+    keys = ("latency_ms", "latency_runtime", "latency_p10_ms", "latency_p90_ms",
+            "latency_under_load")
+    return {**{k: met[k] for k in keys},
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "worker": worker_name()}
 
 
