@@ -3,7 +3,6 @@ line, exit code 2, nothing trained, downloaded or written."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -106,13 +105,11 @@ def test_a_choice_that_cannot_apply_is_refused_before_the_base_trains(tmp_path, 
     # meta:3 cannot split 64 channels: found on fresh weights, before data, base or study
     text = TINY_SPACE.replace("    conv: [keep, separable, meta:4]", "    conv: [keep, meta:3]")
     p = _write(tmp_path, text)
-    t0 = time.monotonic()
     assert main(["run", str(p), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {p}:{_line(text, 'meta:3')}: blocks.default.conv:")
     assert "meta:3 cannot apply" in err and "base:" not in err
     assert not (tmp_path / "studies").exists(), "nothing may be trained or written"
-    assert time.monotonic() - t0 < 60
 
 
 def test_a_trials_folder_that_cannot_be_written_is_refused_before_work(tmp_path, capsys):

@@ -465,35 +465,45 @@ def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(t
 
 # -- the locks that keep latency quiet -------------------------------------------------------
 
-def _holds(lock, seconds: float, started: threading.Event) -> threading.Thread:
-    def hold():
-        with lock:
-            started.set()
-            time.sleep(seconds)
+def _order(held, wanted, hold_until_acquired: bool) -> list[str]:
+    """What happens first while one thread holds ``held``: its release, or another thread
+    acquiring ``wanted``. The holder gives the other thread a moment to try (or, when
+    ``hold_until_acquired``, waits for it to get in) before releasing."""
+    events: list[str] = []
+    holding, trying, acquired = threading.Event(), threading.Event(), threading.Event()
 
-    t = threading.Thread(target=hold)
-    t.start()
-    return t
+    def hold():
+        with held:
+            holding.set()
+            trying.wait(30)
+            if hold_until_acquired:
+                acquired.wait(30)
+            else:
+                time.sleep(0.3)  # a lock that does not block lets the other in meanwhile
+            events.append("released")
+
+    def want():
+        holding.wait(30)
+        trying.set()
+        with wanted:
+            events.append("acquired")
+            acquired.set()
+
+    threads = [threading.Thread(target=hold), threading.Thread(target=want)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return events
 
 
 def test_one_latency_measurement_at_a_time_and_quiet_waits_for_trials(tmp_path):
     from searchcomp.search.locks import computing, measuring, quiet
 
+    # one measurement at a time; the quiet lock waits for every computing trial
     for held, wanted in ((measuring(tmp_path), measuring(tmp_path)),
                          (computing(tmp_path), quiet(tmp_path))):
-        started = threading.Event()
-        t = _holds(held, 1.0, started)
-        started.wait(10)
-        t0 = time.monotonic()
-        with wanted:
-            waited = time.monotonic() - t0
-        t.join()
-        assert waited > 0.7
-    # trials of the study compute side by side
-    started = threading.Event()
-    t = _holds(computing(tmp_path), 1.0, started)
-    started.wait(10)
-    t0 = time.monotonic()
-    with computing(tmp_path):
-        assert time.monotonic() - t0 < 0.5
-    t.join()
+        assert _order(held, wanted, hold_until_acquired=False) == ["released", "acquired"]
+    # trials of the study compute side by side: the second gets in while the first holds
+    assert _order(computing(tmp_path), computing(tmp_path),
+                  hold_until_acquired=True) == ["acquired", "released"]
