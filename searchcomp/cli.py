@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show blocks, choices, space size and base metrics "
                                        "(trains nothing)")
     _add_space(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(p)
 
     p = sub.add_parser("run", help="run (or resume) the search: trials until --trials are done")
     _add_space(p)
@@ -54,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='spend the trials in a region, e.g. "size_mib<=2,latency_ms<=5" '
                         "(the surrogate sampler)")
     p.add_argument("--quiet", action="store_true", help="no bars, one line per trial")
+    _add_json(p, "what the run did (the log goes to stderr)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: trials in this process (default); ray: Ray Tune workers")
     p.add_argument("--address", help="ray: join this cluster (default: start Ray locally)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "briefly recovered and scored (kept with the study)")
     _add_space(p)
     p.add_argument("--study", metavar="NAME", help="study name (default: the space's name)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device(p)
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "limits, the best point within them")
     _add_space(p)
     _add_study(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(p)
     p.add_argument("--remeasure", action="store_true",
                    help="measure the front's latency again first, one model at a time, once "
                         "no trial of the study runs on this machine")
@@ -107,13 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=0, metavar="E",
                    help="fine-tune E more epochs before exporting (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_json(p, "the model card")
     _add_device(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page: front plots, choices, table")
     _add_space(p)
     _add_study(p)
     p.add_argument("--out", metavar="FILE", help="default: studies/<study>/report.html")
+    _add_json(p, "where the report was written")
     return parser
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true",
+                   help=f"print one JSON object on stdout: {what}; logs go to stderr")
+
+
+#: the document of a --json command, printed by :func:`main` once the command is done
+_DOCUMENT: list[str] = []
+
+
+def _print_json(obj) -> None:
+    """Hand the one document of a --json command to :func:`main`, which prints it on stdout
+    as strict JSON (a NaN or infinite figure becomes null, which every parser reads)."""
+    from searchcomp.console import json_text
+
+    _DOCUMENT.append(json_text(obj))
+
+
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -142,7 +163,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     space = _load(args)
     report = inspect_space(space, progress=None if args.json else _stderr)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        _print_json(report.to_json())
     else:
         print(report.to_text())
     return 0
@@ -187,6 +208,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     if v)
     quick = " --quick" if args.quick else ""
     _stderr(f"next: searchcomp front {args.space}{quick}{extra}")
+    if args.json:
+        from dataclasses import asdict
+
+        _print_json(asdict(summary))
     return 0
 
 
@@ -211,10 +236,16 @@ def _cmd_front(args: argparse.Namespace) -> int:
         budget = Budget({k: float(v) for k, v in limits.items() if v is not None},
                         args.min_accuracy)
         answer = answer_budget(space, budget, storage=args.storage, study_name=args.study)
-        print(json.dumps(answer.to_json(), indent=2) if args.json else answer.to_text())
+        if args.json:
+            _print_json(answer.to_json())
+        else:
+            print(answer.to_text())
         return 0
     res = load_results(space, storage=args.storage, study_name=args.study, check_latency=True)
-    print(json.dumps(res.to_json(), indent=2) if args.json else res.to_text())
+    if args.json:
+        _print_json(res.to_json())
+    else:
+        print(res.to_text())
     return 0
 
 
@@ -259,7 +290,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _stderr("interrupted: the rows computed so far are kept; run the same command to go on")
         return 130
-    print(json.dumps(to_json(res), indent=2) if args.json else to_text(res))
+    if args.json:
+        _print_json(to_json(res))
+    else:
+        print(to_text(res))
     return 0
 
 
@@ -288,10 +322,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from searchcomp.results.export import export_trial
 
     space = _load(args)
-    export_trial(space, args.trial, Path(args.out), args.format, args.finetune_epochs,
-                 args.storage, args.study, log=_stderr, progress=not args.quiet,
-                 device=args.device)
-    print(Path(args.out) / "card.md")
+    card = export_trial(space, args.trial, Path(args.out), args.format, args.finetune_epochs,
+                        args.storage, args.study, log=_stderr, progress=not args.quiet,
+                        device=args.device)
+    if args.json:
+        _print_json(card)
+    else:
+        print(Path(args.out) / "card.md")
     return 0
 
 
@@ -304,6 +341,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = write_report(space, out=Path(args.out) if args.out else None, storage=args.storage,
                         study_name=args.study)
     _stderr(f"report written: {path} (self-contained; open it in any browser)")
+    if args.json:
+        _print_json({"report": str(path), "study": args.study or space.name})
     return 0
 
 
@@ -321,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "json", False):
+            return _json_command(args)
         return COMMANDS[args.command](args)
     except SearchcompError as e:
         space = _LOADED.get("space")
@@ -331,6 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _json_command(args: argparse.Namespace) -> int:
+    """Run a --json command with every log on stderr, then print its one document on stdout."""
+    from searchcomp.console import stdout_to_stderr
+
+    _DOCUMENT.clear()
+    with stdout_to_stderr():
+        code = COMMANDS[args.command](args)
+    if _DOCUMENT:
+        print(_DOCUMENT[-1], flush=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "searchcomp"
 
 #: the data flow, bottom to top: a module may import its own layer and the ones below
 LAYERS = [
-    ("searchcomp.errors", "searchcomp.config"),
+    ("searchcomp.errors", "searchcomp.config", "searchcomp.console"),
     ("searchcomp.compute",),
     ("searchcomp.data",),
     ("searchcomp.train",),

@@ -120,7 +120,8 @@ def _obtain(space: Space, splits: Splits, progress: bool, log, compute: Compute)
         f"{path})")
     t0 = time.perf_counter()
     train_base(model, splits.train.augmented(aug), src.epochs, src.lr, src.momentum,
-               src.weight_decay, progress=progress, compute=compute)
+               src.weight_decay, progress=progress, compute=compute, desc="base",
+               log=log)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, splits.val, compute)
     log(f"base: validation accuracy {acc:.4f} after {seconds:.0f} s")

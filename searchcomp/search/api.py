@@ -228,20 +228,20 @@ def confirm_study(space: Space, numbers: list[int], runs: int, *, storage: str |
     try:
         return confirm_trials(ctx, study, numbers, runs,
                               lock=StudyLock(resolve_storage(space, storage, name), name),
-                              log=bar.trials.write if bar and not bar.quiet else log,
+                              log=bar.write if bar and not bar.quiet else log,
                               on_step=_steps(bar, ctx) if bar else None)
     finally:
         if bar:
             bar.close()
 
 
-def _steps(bar, ctx) -> Callable[[int, int, float], None]:
+def _steps(bar, ctx) -> Callable[[int, int, float | None], None]:
     """The fine-tune bar of a confirmation run (reset at each run's first step)."""
     from searchcomp.train import total_steps
 
     total = total_steps(ctx.space.finetune, ctx.splits.train)
 
-    def on_step(step: int, n: int, loss: float) -> None:
+    def on_step(step: int, n: int, loss: float | None) -> None:
         if step <= 1:
             bar.start_trial(-1, total)
             bar.steps.set_description("confirm fine-tune")

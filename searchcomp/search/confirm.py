@@ -86,7 +86,7 @@ def _create(study: optuna.Study, original: FrozenTrial, k: int) -> Trial:
 
 def confirm_trials(ctx: TrialContext, study: optuna.Study, numbers: list[int], runs: int, *,
                    lock: Callable[[], Any], log: Callable[[str], None] = print,
-                   on_step: Callable[[int, int, float], None] | None = None) -> int:
+                   on_step: Callable[[int, int, float | None], None] | None = None) -> int:
     """Make the missing confirmation runs of trials ``numbers`` (``runs`` each); returns how
     many ran now. Ctrl-C records the run as failed and not counted (a rerun makes it again)."""
     objectives = list(ctx.space.objectives)
@@ -132,7 +132,7 @@ def confirm_trials(ctx: TrialContext, study: optuna.Study, numbers: list[int], r
 
 
 def _run(ctx: TrialContext, trial: Trial, original: FrozenTrial, k: int,
-         objectives: list[str], on_step: Callable[[int, int, float], None] | None
+         objectives: list[str], on_step: Callable[[int, int, float | None], None] | None
          ) -> tuple[tuple[float, ...] | None, TrialState]:
     """Fine-tune and measure the recipe once more; the values to tell and the state."""
     recipe = Recipe.from_dict(original.user_attrs["recipe"])

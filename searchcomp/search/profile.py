@@ -121,8 +121,9 @@ def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[
 def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], None] = print,
                  progress: bool = True) -> tuple[Tables, int]:
     """Measure the latency table and compute every missing sensitivity row of ``ctx``'s
-    space into the study's profile file; returns the tables and how many rows ran."""
-    from tqdm.auto import tqdm
+    space into the study's profile file; returns the tables and how many rows ran. Progress
+    is bars on a terminal (when ``progress``), else one line per row through ``log``."""
+    from searchcomp import console
 
     space = ctx.space
     bar = None
@@ -132,8 +133,8 @@ def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], Non
         if bar is None:
             log(f"profile: timing {total} block configuration(s) in {space.measure.runtime} "
                 f"({space.measure.threads} thread(s), median of {space.measure.runs} runs)")
-            bar = tqdm(total=total, desc="latency table", unit="config", disable=not progress,
-                       leave=False)
+            bar = console.bar(total, "latency table", "config", enabled=progress,
+                              leave=False)
         bar.update(1)
 
     tables = open_tables(space, ctx.base, ctx.blocks, ctx.head_name, study_name,
@@ -147,8 +148,8 @@ def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], Non
         log(f"profile: {len(todo)} single-change row(s) to compute "
             f"({len(wanted_rows(tables.layout, ctx.head_name)) - len(todo)} reused), "
             f"{space.profile.steps} recovery step(s) each")
-    with tqdm(total=len(todo), desc="profile", unit="row", disable=not progress) as rows_bar:
-        for block, choice, value in todo:
+    with console.bar(len(todo), "profile", "row", enabled=progress) as rows_bar:
+        for i, (block, choice, value) in enumerate(todo, 1):
             rows_bar.set_postfix_str(f"{block or 'base'} {choice} {value}", refresh=False)
             try:
                 row = profile_row(ctx, block, choice, value)
@@ -156,6 +157,10 @@ def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], Non
                 log(f"profile: {block or 'base'} {choice}={value} failed ({e}); left out")
             else:
                 tables.store.put(SECTION, row_key(actx, block, choice, value), row)
+                if not console.shows(rows_bar):
+                    what = f"{block} {choice}={value}" if block else "the reference (base)"
+                    log(f"profile: row {i}/{len(todo)}, {what}: val acc {row['accuracy']:.4f} "
+                        f"in {row['seconds']:.1f} s")
             rows_bar.update(1)
     return tables.reload(space), len(todo)
 

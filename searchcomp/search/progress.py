@@ -1,46 +1,51 @@
-"""What a search shows while it runs: a bar of trials, one of the current fine-tune, and one
-line per finished trial."""
+"""What a search shows while it runs: on a terminal a bar of trials and one of the current
+fine-tune, and everywhere one line per finished trial (:mod:`searchcomp.console`)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from searchcomp import console
 from searchcomp.search.states import DUPLICATE_OF, STOPPED_REASON
 
 
 class Progress:
     """A live bar of trials (done / total, ETA, front size) and one of the current fine-tune's
-    steps, plus one summary line per finished trial. ``quiet`` keeps only the lines."""
+    steps, plus one summary line per finished trial. ``quiet``, or a stream that is not a
+    terminal (a log file, a pipe), keeps only the lines."""
 
     def __init__(self, total: int | None, done: int, quiet: bool, stream=None) -> None:
-        from tqdm.auto import tqdm
-
-        self.quiet = quiet
         self.stream = stream or sys.stderr
-        self.trials = tqdm(total=total, initial=done, desc="trials", unit="trial",
-                           disable=quiet, file=self.stream, dynamic_ncols=True)
-        self.steps = tqdm(total=1, desc="fine-tune", unit="step", disable=quiet, leave=False,
-                          position=1, file=self.stream, dynamic_ncols=True)
+        self.quiet = quiet or not console.is_terminal(self.stream)
+        self.trials = console.bar(total, "trials", "trial", enabled=not self.quiet,
+                                  stream=self.stream, initial=done)
+        self.steps = console.bar(1, "fine-tune", "step", enabled=not self.quiet,
+                                 stream=self.stream, leave=False, position=1)
 
     def start_trial(self, number: int, total_steps: int) -> None:
         self.steps.reset(total=total_steps)
         self.steps.set_description(f"trial {number} fine-tune")
 
-    def step(self, step: int, total: int, loss: float) -> None:
+    def step(self, step: int, total: int, loss: float | None) -> None:
+        """One fine-tune step; ``loss``: the last loss read from the device (None: none yet)."""
         self.steps.update(1)
-        if step % 5 == 0 or step == total:
-            self.steps.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if (step % 5 == 0 or step == total) and console.loss_text(loss):
+            self.steps.set_postfix(loss=console.loss_text(loss), refresh=False)
+
+    def write(self, line: str) -> None:
+        """A log line, above the bars when they are drawn."""
+        if self.quiet:
+            print(line, file=self.stream, flush=True)
+        else:
+            self.trials.write(line, file=self.stream)
 
     def finished(self, line: str, front_size: int, counted: bool = True) -> None:
         """One trial ended: its line; the bar moves when it counts toward the budget."""
         if counted:
             self.trials.update(1)
         self.trials.set_postfix(front=front_size)
-        if self.quiet:
-            print(line, file=self.stream, flush=True)
-        else:
-            self.trials.write(line, file=self.stream)
+        self.write(line)
 
     def close(self) -> None:
         self.steps.close()

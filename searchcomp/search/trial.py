@@ -78,7 +78,7 @@ def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any
 
 
 def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
-              on_step: Callable[[int, int, float], None] | None = None,
+              on_step: Callable[[int, int, float | None], None] | None = None,
               start: tuple[nn.Module, Recipe] | None = None) -> TrialOutcome:
     """Build the candidate of ``recipe``, fine-tune it, score it on validation, save it.
 

@@ -79,7 +79,8 @@ def train_mode(model: nn.Module, cfg: FinetuneConfig) -> None:
 
 
 def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: Batches,
-             cfg: FinetuneConfig, *, on_step: Callable[[int, int, float], None] | None = None,
+             cfg: FinetuneConfig, *,
+             on_step: Callable[[int, int, float | None], None] | None = None,
              compute: Compute | None = None, teacher_logits: torch.Tensor | None = None,
              ) -> FinetuneResult:
     """Fine-tune ``model`` in place for :func:`total_steps` steps, on ``compute``'s device
@@ -93,7 +94,8 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
     ``cfg.check_at`` of the steps and :class:`BelowFloor` is raised when it is lower. A NaN or
     infinite loss raises :class:`~searchcomp.train.DivergedError` (checked every
     :data:`~searchcomp.train.loops.SYNC_EVERY` steps, since reading the loss waits for the
-    device). ``on_step(step, total, loss)`` reports progress with the last loss read.
+    device). ``on_step(step, total, loss)`` reports progress with the last loss read (None
+    before the first read).
     """
     compute = compute or DEFAULT_COMPUTE
     n = total_steps(cfg, train)
@@ -113,6 +115,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
     train_mode(model, cfg)
     t0 = time.perf_counter()
     step, loss_value, checked = 0, float("nan"), None
+    read: float | None = None  # what on_step shows: None until a loss has been read
     try:
         while step < n:
             for idx, x, y in train.indexed():
@@ -137,8 +140,9 @@ def finetune(model: nn.Module, teacher: nn.Module | None, train: Batches, val: B
                     if not math.isfinite(loss_value):
                         raise DivergedError(f"fine-tune loss is {loss_value} at step {step}; "
                                             "lower finetune.lr")
+                    read = loss_value
                 if on_step:
-                    on_step(step, n, loss_value)
+                    on_step(step, n, read)
                 if step == check_step:
                     checked = evaluate(model, val, compute)
                     if checked < cfg.min_accuracy:

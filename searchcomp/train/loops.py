@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchcomp import console
 from searchcomp.compute import Compute
 from searchcomp.errors import SearchcompError
 
@@ -46,13 +48,13 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 
 def train_base(model: nn.Module, batches, epochs: int, lr: float, momentum: float,
-               weight_decay: float, progress: bool = True, desc: str = "train base",
+               weight_decay: float, progress: bool = True, desc: str = "base",
                on_epoch: Callable[[int, float], None] | None = None,
-               compute: Compute | None = None) -> list[float]:
+               compute: Compute | None = None,
+               log: Callable[[str], None] | None = None) -> list[float]:
     """SGD with momentum and a cosine schedule on ``compute``'s device and precision; returns
-    the mean loss of each epoch."""
-    from tqdm.auto import tqdm
-
+    the mean loss of each epoch. Progress is a bar on a terminal (when ``progress``), else one
+    line per epoch through ``log``."""
     compute = compute or DEFAULT_COMPUTE
     compute.train_layout(model)
     scaler = compute.grad_scaler()
@@ -63,7 +65,8 @@ def train_base(model: nn.Module, batches, epochs: int, lr: float, momentum: floa
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     losses = []
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = console.bar(total, f"{desc} training", "step", enabled=progress, leave=False)
+    t0 = time.perf_counter()
     model.train()
     for epoch in range(epochs):
         running = torch.zeros((), device=compute.device)
@@ -94,6 +97,9 @@ def train_base(model: nn.Module, batches, epochs: int, lr: float, momentum: floa
             compute.plain_layout(model)
             raise DivergedError(f"{desc}: loss is {losses[-1]} at epoch {epoch + 1}; "
                                 "lower the learning rate")
+        if log is not None and not console.shows(bar):
+            log(f"{desc}: training epoch {epoch + 1}/{epochs}, mean loss {losses[-1]:.3f}, "
+                f"{time.perf_counter() - t0:.0f} s")
         if on_epoch:
             on_epoch(epoch, losses[-1])
     bar.close()
