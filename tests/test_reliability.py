@@ -183,6 +183,15 @@ def test_four_workers_on_one_journal_run_16_distinct_trials(tmp_path):
     storage = f"journal:{tmp_path / 'shared.log'}"
     errs = _workers(spec, storage, 4, tmp_path)
     _assert_shared_study(load_space(spec), storage, 16, errs)
+    # started together, they shared one preparation: one worker trained the base, computed
+    # the teacher's logits and measured the base; the others reused all three
+    logs = "\n".join(errs)
+    assert len(re.findall(r"^base: training \S+ for ", logs, re.M)) == 1, errs
+    assert len(re.findall(r"^teacher: logits of the base", logs, re.M)) == 1, errs
+    assert len(re.findall(r"^base: reusing cached ", logs, re.M)) == 3, errs
+    figures = re.findall(r"^base: val accuracy .*", logs, re.M)
+    assert len(figures) == 4 and sum("as measured earlier" in m for m in figures) == 3, errs
+    assert len({m.split(" (")[0] for m in figures}) == 1, "one set of base figures"
 
 
 @pytest.fixture
@@ -213,9 +222,29 @@ def test_workers_finishing_last_wait_without_placeholders(tmp_path):
     run_search(space, trials=2, quiet=True, log=_quiet)
     study = open_study(space, load_only=True)
     ghost = study.ask({"head": optuna.distributions.CategoricalDistribution(["keep"])})
-    study._storage.set_trial_system_attr(ghost._trial_id, HEARTBEAT, time.time())
+    # the ghost's worker beats until ours says it waits for it, then dies (however long our
+    # preparation takes on a loaded machine)
+    waiting = threading.Event()
+
+    def beat():
+        while not waiting.is_set():
+            study._storage.set_trial_system_attr(ghost._trial_id, HEARTBEAT, time.time())
+            waiting.wait(0.2)
+
+    beater = threading.Thread(target=beat)
+    beater.start()
     lines: list[str] = []
-    summary = run_search(space, trials=3, quiet=True, log=lines.append)
+
+    def log(m: str) -> None:
+        lines.append(m)
+        if "waiting for trial(s)" in m:
+            waiting.set()
+
+    try:
+        summary = run_search(space, trials=3, quiet=True, log=log)
+    finally:
+        waiting.set()
+        beater.join()
     assert summary.done == 3
     trials = open_study(space, load_only=True).get_trials()
     assert "no heartbeat since" in trials[ghost.number].user_attrs["fail_reason"]

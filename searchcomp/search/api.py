@@ -90,8 +90,8 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     how = "" if ctx.base_measured else "; as measured earlier for this study"
     log(f"base: val accuracy {b['accuracy']:.4f}, params {b['params']:,}, "
         f"{b['size_mib']:.2f} MiB, {b['latency_ms']:.2f} ms ({b['latency_runtime']}{how})")
-    if ctx.base_measured:
-        study.set_user_attr("base", b)
+    if ctx.base_measured or study.user_attrs.get("base_key") != ctx.base_key:
+        study.set_user_attr("base", b)  # measured here, or by a worker that did not store it
         study.set_user_attr("base_key", ctx.base_key)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)

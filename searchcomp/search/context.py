@@ -4,6 +4,7 @@ batches and the teacher's logits for the fine-tune subset (computed once per stu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from searchcomp.data import Batches, Splits, load_splits
 from searchcomp.measure import measure
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.models import Block, check_inputs, input_shape, obtain_base, state_digest
+from searchcomp.search import shared
 from searchcomp.search.files import write_atomic
 from searchcomp.train import DEFAULT_COMPUTE, teacher_logits
 
@@ -100,12 +102,27 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     stores it) is reused instead of measuring the base again when it describes the same base
     weights measured with the same settings: latency taken under other load must not replace
     the study's reference.
+
+    Workers of one study on this machine prepare one at a time (:mod:`.shared`): the first
+    trains or loads the base, computes the teacher's logits and measures the base; the others
+    wait, then reuse the three from the files it left.
     """
+    # -- shared preparation (issue 21): `held` keeps the study's preparation lock until the
+    # context is ready; _prepare takes it once the inputs are checked, before any file work
+    with contextlib.ExitStack() as held:
+        return _prepare(space, progress=progress, log=log, study_name=study_name,
+                        device=device, known_base=known_base, held=held)
+
+
+def _prepare(space: Space, *, progress: bool, log: Callable[[str], None],
+             study_name: str | None, device: str | None,
+             known_base: dict[str, Any] | None, held: contextlib.ExitStack) -> TrialContext:
     compute = compute_for(space, device)
     mdev = measure_device(space)
     arch = check_inputs(space)
     log(f"compute: {compute.describe()}; latency timed on {mdev}"
         + "".join(f"\n  {note}" for note in compute.notes))
+    held.enter_context(shared.preparing(space, study_name))  # one worker at a time from here
     splits = load_splits(space.data, space.model).on(compute.device)
     base = obtain_base(space, splits, progress=progress, log=log, compute=compute)
     blocks, head_name = arch.blocks, arch.head_name
@@ -119,6 +136,7 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     calib = torch.cat([x for x, _ in grad_batches])[:CALIB_IMAGES]
     digest = state_digest(base.model)
     key = {"weights": digest, "measure": space.measure.model_dump(mode="json")}
+    known_base = shared.known_figures(space, study_name, key, known_base)  # an earlier worker's
     if known_base and known_base.get("key") == key and known_base.get("metrics"):
         base_metrics, measured = dict(known_base["metrics"]), False
     else:
@@ -126,6 +144,7 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
                         **accuracy_attrs(base.val_accuracy, splits.val.size),
                         **measure_model(base.model, space, mdev, calib)}
         measured = True
+        shared.store_figures(space, study_name, key, base_metrics)  # for the other workers
     study_dir = Path(space.studies_dir) / (study_name or space.name)
     logits = None
     if space.finetune.loss == "distill":

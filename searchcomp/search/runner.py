@@ -30,6 +30,7 @@ from searchcomp.search.lease import Heartbeat, beat, fail_stale_trials, worker_n
 from searchcomp.search.locks import computing
 from searchcomp.search.progress import Progress, format_line
 from searchcomp.search.samplers import space_exhausted, space_size
+from searchcomp.search.shared import CoreShare
 from searchcomp.search.states import (
     COUNTED,
     DUPLICATE_OF,
@@ -324,7 +325,8 @@ class Searcher:
         gc.collect()
         gc.freeze()
         try:
-            with Heartbeat(self.study._storage, self.heartbeat_s) as hb:
+            with Heartbeat(self.study._storage, self.heartbeat_s) as hb, \
+                    CoreShare(self.ctx.weights_dir.parent) as cores:
                 self._heartbeat = hb
                 # the bound stops a loop of trials that never count (answered duplicates,
                 # trials whose process keeps dying)
@@ -354,6 +356,7 @@ class Searcher:
                         time.sleep(wait)
                         continue
                     attempts += 1
+                    cores.apply()  # the local workers of the study split the cores
                     if self.execute(trial) == "ran":
                         ran += 1
                 else:
