@@ -100,8 +100,12 @@ def main() -> None:
             done = sum(int(m[1]) for log in logs
                        for m in re.finditer(r"done: (\d+) trial\(s\) run now", log))
             rows.append((label, seconds, done, who(logs)))
-        print(f"cpu {cpu_name()}; python {platform.python_version()}")
-        print(f"space {args.space} --quick, {args.trials} trials of {args.steps} fine-tune "
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"cpu {cpu_name()}; python {platform.python_version()}; load average {load:.1f} "
+              "at the end")
+        space = Path(args.space).resolve()
+        shown = space.relative_to(ROOT) if space.is_relative_to(ROOT) else space
+        print(f"space {shown} --quick, {args.trials} trials of {args.steps} fine-tune "
               f"step(s) (conv keep/separable); base {'trained in each setup' if args.cold else 'cached before timing'}")
         print(f"{'setup':<34}{'wall s':>8}{'trials run':>12}  preparation")
         for label, seconds, done, note in rows:
