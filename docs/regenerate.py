@@ -33,6 +33,9 @@ SNIPPETS = ROOT / "docs" / "snippets"
 WORK = ROOT / "build" / "docs-run"
 SPACE = "spaces/resnet18-fashion.yaml"
 STUDY = "resnet18-fashion-quick"
+#: extra arguments of the docs' search (none: exactly the quick start's command, a few
+#: minutes on 2 quiet cores; e.g. "--trials 6 --set finetune.steps=10" on a busy machine)
+RUN_ARGS = "--trials 6 --set finetune.steps=10"
 
 
 def cpu_line() -> str:
@@ -85,8 +88,9 @@ def write(name: str, blocks: list[tuple[str, str]], seconds: float, note: str = 
     ran = (f"*Ran on {cpu_line()}; {versions()}; {datetime.date.today().isoformat()}, "
            f"{seconds:.0f} s wall, load average {load:.1f} at the end"
            f"{' (the machine was shared with other jobs)' if load > 2.5 else ''}.{note}*")
+    fence = "````" if "```" in body else "```"  # an output holding a fenced block (a card)
     SNIPPETS.mkdir(parents=True, exist_ok=True)
-    (SNIPPETS / f"{name}.md").write_text(f"```console\n{body}\n```\n\n{ran}\n")
+    (SNIPPETS / f"{name}.md").write_text(f"{fence}console\n{body}\n{fence}\n\n{ran}\n")
     print(f"wrote docs/snippets/{name}.md ({seconds:.0f} s)", file=sys.stderr)
 
 
@@ -116,9 +120,14 @@ def ex_device_error() -> None:
           time.perf_counter() - t0)
 
 
+def run_command() -> str:
+    """The docs' search command."""
+    return f"searchcomp run {SPACE} --quick {RUN_ARGS}".rstrip()
+
+
 def ex_run() -> None:
     shutil.rmtree(WORK / "studies" / STUDY, ignore_errors=True)  # a fresh study
-    cmd = f"searchcomp run {SPACE} --quick"
+    cmd = run_command()
     out, s = run(cmd)
     write("run", [(cmd, out)], s, " The log as a file or a pipe gets it: plain lines.")
 
@@ -144,7 +153,8 @@ def readme_front(out: str) -> None:
         rows.append(line)
     table = "\n".join(rows[:6])
     more = f" (and {len(rows) - 6} more row(s))" if len(rows) > 6 else ""
-    block = (f"```text\n{table}\n```\n\n*The first rows{more} of a quick run on {cpu_line()}, "
+    block = (f"```text\n{table}\n```\n\n*The first rows{more} of `searchcomp front` after "
+             f"`{run_command()}` on {cpu_line()}, "
              f"{datetime.date.today().isoformat()}; the full output is in "
              "[Reading the results](docs/results.md).*")
     readme = ROOT / "README.md"
