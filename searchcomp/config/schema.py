@@ -210,6 +210,9 @@ class MeasureConfig(_Strict):
     #: artifact ``export`` writes for it (torch: state_dict, onnxruntime: onnx,
     #: onnxruntime-int8: onnx-int8, where blocks at <= 8 bits run int8 kernels)
     runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
+    #: onnxruntime-int8: the integer types (searchcomp.config.int8); ``auto`` measures every
+    #: scheme on this CPU when the study is prepared and keeps the fastest accurate one
+    int8_scheme: Literal["auto", "u8s8", "u8s8-rr", "u8u8", "s8s8"] = "auto"
     #: the deployment target latency is timed on (independent of where training runs);
     #: ``cuda`` is timed with CUDA events after synchronising
     device: TargetDevice = "cpu"

@@ -70,8 +70,9 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     from searchcomp.search.study import open_study
 
     name = study_name or space.name
-    frozen = _completed_trial(open_study(space, storage=storage, study_name=name,
-                                         load_only=True), trial, name)
+    opened = open_study(space, storage=storage, study_name=name, load_only=True)
+    frozen = _completed_trial(opened, trial, name)
+    record = opened.user_attrs.get("int8_scheme")
     fmt = fmt or get_runtime(_trial_runtime(space, frozen)).format
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
@@ -80,7 +81,8 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     except OSError as e:
         raise SearchcompError(f"--out: cannot write next to {out}: {e}") from None
     try:
-        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress, device)
+        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress, device,
+                       record)
         if out.exists():
             raise SearchcompError(f"{out} appeared while exporting; nothing was written there")
         os.rename(tmp, out)
@@ -99,6 +101,35 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     if card["accuracy_gap_flag"]:
         log(f"warning: {card['accuracy_gap_note']}")
     return card
+
+
+def _export_scheme(space: Space, attrs: dict[str, Any], study: str, int8: bool) -> str | None:
+    """The int8 scheme an ``onnx-int8`` export uses: the trial's own (it fine-tuned with it),
+    else the space's fixed one, else the first scheme whose kernel is exact on this CPU
+    (a trial searched in a float runtime has none). None for float formats."""
+    if not int8:
+        return None
+    if attrs.get("int8_scheme"):
+        return str(attrs["int8_scheme"])
+    if attrs.get("runtime") == "onnxruntime-int8":
+        from searchcomp.config.int8 import DEFAULT_SCHEME
+
+        return DEFAULT_SCHEME  # searched before schemes were chosen: what it used
+    if space.measure.int8_scheme != "auto":
+        return space.measure.int8_scheme
+    from searchcomp.config.int8 import SCHEMES
+    from searchcomp.deploy.schemes import kernel_exact
+
+    return next((n for n in SCHEMES if kernel_exact(n)), next(iter(SCHEMES)))
+
+
+def _scheme_card(record: dict[str, Any] | None, scheme: str) -> dict[str, Any]:
+    """What the card says of the int8 scheme: its name and the study's record of the choice
+    (the table measured on its CPU), when the study has one for that scheme."""
+    if not record or record.get("scheme") != scheme:
+        record = None
+    return {"scheme": scheme, "record": record,
+            "reason": record["reason"] if record else f"{scheme}: the scheme the trial used"}
 
 
 def _trial_runtime(space: Space, frozen) -> str:
@@ -132,21 +163,24 @@ def _completed_trial(study, number: int, name: str):
 
 
 def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: str,
-            log: Callable[[str], None], progress: bool, device: str | None) -> dict[str, Any]:
+            log: Callable[[str], None], progress: bool, device: str | None,
+            record: dict[str, Any] | None = None) -> dict[str, Any]:
     from searchcomp.search.trial import prepare
 
-    ctx = prepare(space, progress=progress, log=log, study_name=study, device=device)
     a, number = frozen.user_attrs, frozen.number
+    runtime = runtime_of_format(fmt)
+    scheme = _export_scheme(space, a, study, runtime.int8)
+    ctx = prepare(space, progress=progress, log=log, study_name=study, device=device,
+                  int8_scheme=scheme)
     recipe = Recipe.from_dict(a["recipe"])
     seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
     weights = _weights_file(a.get("weights"), ctx.weights_dir)
-    runtime = runtime_of_format(fmt)
     torch.manual_seed(seed)
     # with stored weights to load, the replacements need their shapes, not their init
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=weights is None, int8=runtime.int8)
+                  init=weights is None, int8=scheme)
     model = built.model
     if weights is None:
         log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "
@@ -218,6 +252,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
             "this file)" if abs(gap) > ACCURACY_GAP + 1e-9 else
             f"{100 * gap:+.2f} pt, within {100 * ACCURACY_GAP:.1f} pt"),
         "quantized_tensors": bits,
+        "int8_scheme": _scheme_card(record, scheme) if scheme else None,
         "weights": source, "refinetuned": weights is None, "finetune_epochs": float(epochs),
         "test_split": {"dataset": space.data.dataset, "images": ctx.splits.test.size},
         "val_split": {"images": ctx.splits.val.size},
@@ -336,6 +371,7 @@ def card_markdown(card: dict[str, Any]) -> str:
              + (f"; then fine-tuned {card['finetune_epochs']:g} more epoch(s)"
                 if card["finetune_epochs"] else ""),
              f"- Quantized tensors by bit width: {card['quantized_tensors'] or 'none (float)'}",
+             *_scheme_lines(card.get("int8_scheme")),
              "", "## Recipe", "", f"`{card['summary']}`", "",
              "| block | choices |", "|---|---|",
              *[f"| {blk} | {', '.join(f'{k} {v}' for k, v in ch.items())} |"
@@ -348,6 +384,18 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{card['input']['normalize']['std']} (of images scaled to [0, 1]; "
              f"{card['input']['normalize'].get('kind', 'dataset')} statistics).", ""]
     return "\n".join(lines)
+
+
+def _scheme_lines(scheme: dict[str, Any] | None) -> list[str]:
+    """The card's int8 scheme: the choice and, when the study measured it, the table."""
+    if not scheme:
+        return []
+    from searchcomp.deploy.schemes import format_scheme_table
+
+    out = [f"- int8 scheme: {scheme['reason']}"]
+    if scheme.get("record") and scheme["record"].get("rows"):
+        out += ["", "```text", *format_scheme_table(scheme["record"]), "```", ""]
+    return out
 
 
 def _version() -> str:

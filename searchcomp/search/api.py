@@ -93,6 +93,8 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     if ctx.base_measured:
         study.set_user_attr("base", b)
         study.set_user_attr("base_key", ctx.base_key)
+    if ctx.int8_measured:
+        study.set_user_attr("int8_scheme", ctx.int8_record)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)
     study.set_user_attr("blocks", ctx.block_names)
@@ -138,7 +140,8 @@ def _stored_base(space: Space, storage: str | None, name: str) -> dict[str, Any]
         attrs = open_study(space, storage=storage, study_name=name, load_only=True).user_attrs
     except SearchcompError:
         return None
-    return {"metrics": attrs.get("base"), "key": attrs.get("base_key")}
+    return {"metrics": attrs.get("base"), "key": attrs.get("base_key"),
+            "int8": attrs.get("int8_scheme")}
 
 
 def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:

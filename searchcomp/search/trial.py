@@ -18,7 +18,6 @@ from torch import nn
 from searchcomp.candidate import Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
-from searchcomp.deploy.runtime import get_runtime
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
@@ -46,6 +45,8 @@ class TrialOutcome:
     #: wall seconds of each phase: build (and its parts build.prune, build.replace with the
     #: inits and local fits, build.quantize), finetune, evaluate, measure, save
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    #: onnxruntime-int8: the int8 scheme its blocks at <= 8 bits simulate and its file uses
+    int8_scheme: str | None = None
 
     @property
     def feasible(self) -> bool:
@@ -91,8 +92,7 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """
     space = ctx.space
-    mm = space.measure
-    int8 = get_runtime(mm.runtime).int8
+    int8 = ctx.int8_scheme  # None in float runtimes
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -130,7 +130,8 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     return TrialOutcome(metrics, built.init_errors,
                         {b: {c: list(v) for c, v in d.items()} for b, d in built.pruned.items()},
                         ft.steps, ft.seconds, str(weights),
-                        constraint_values(space, metrics, ctx.base_metrics), seconds)
+                        constraint_values(space, metrics, ctx.base_metrics), seconds,
+                        int8.name if int8 is not None else None)
 
 
 def changes_on_top(recipe: Recipe, start: Recipe) -> Recipe:
