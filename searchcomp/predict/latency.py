@@ -85,7 +85,7 @@ class LatencyTable:
         self.int8 = m.runtime == "onnxruntime-int8"
         self.scheme = None
         if self.int8:
-            stored = store.get("meta", SCHEME_ENTRY) if store is not None else None
+            stored = store.get("settings", SCHEME_ENTRY) if store is not None else None
             self.scheme = scheme or (stored or {}).get("scheme")
             self.context["int8_scheme"] = self.scheme
         self.calib = calib
@@ -173,7 +173,7 @@ class LatencyTable:
         todo = self.missing(layout)
         m = self.m
         if todo and self.int8 and self.store is not None:
-            self.store.put("meta", SCHEME_ENTRY, {"scheme": self.scheme}, save=False)
+            self.store.put("settings", SCHEME_ENTRY, {"scheme": self.scheme}, save=False)
         for i, (path, value) in enumerate(todo):
             module, shape = self.module(path, value)
             lat = time_latency(module, shape, batch_size=m.batch_size, threads=m.threads,
