@@ -6,6 +6,8 @@ Optuna loop, the greedy baseline, a Ray worker).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Built, Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
 from searchcomp.measure.intervals import accuracy_attrs
@@ -80,12 +82,16 @@ def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any
 
 def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
               on_step: Callable[[int, int, float], None] | None = None,
-              start: tuple[nn.Module, Recipe] | None = None) -> TrialOutcome:
+              start: tuple[nn.Module, Recipe] | None = None,
+              prebuilt: tuple[Built, torch.Tensor] | None = None) -> TrialOutcome:
     """Build the candidate of ``recipe``, fine-tune it, score it on validation, save it.
 
     ``start``: (a model, the recipe it already is) to build from instead of the base, with
     its weights kept (the cumulative greedy carries each kept step's fine-tuned model on);
     only the changes ``recipe`` makes on top of it are applied. The teacher stays the base.
+    ``prebuilt``: (the candidate ``build`` made of ``recipe`` with this ``seed``, the torch RNG
+    state right after that build), to fine-tune a copy of instead of building again; the
+    outcome is the same.
 
     Raises :class:`searchcomp.train.BelowFloor` when the early-stop floor is missed,
     :class:`searchcomp.errors.ChoiceError` for an impossible combination and
@@ -103,12 +109,16 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
         clock = now
 
     torch.manual_seed(seed)
-    origin, change = (ctx.base, recipe) if start is None else (start[0],
-                                                              changes_on_top(recipe, start[1]))
-    built = build(origin, change, ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  int8=int8)
+    if prebuilt is not None:
+        built = dataclasses.replace(prebuilt[0], model=copy.deepcopy(prebuilt[0].model))
+        torch.set_rng_state(prebuilt[1])
+    else:
+        origin, change = (ctx.base, recipe) if start is None else (
+            start[0], changes_on_top(recipe, start[1]))
+        built = build(origin, change, ctx.blocks, ctx.head_name, ctx.calib,
+                      prune_criterion=space.finetune.prune_criterion,
+                      grad_batches=ctx.grad_batches,
+                      prune_round_to=space.blocks.prune_round_to, int8=int8)
     model = built.model
     lap("build")
     seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
