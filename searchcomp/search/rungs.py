@@ -283,3 +283,37 @@ def spent_equivalents(trials, full: int) -> float:
             continue
         steps += int(a.get(STEPS_SPENT, a.get("finetune_steps", 0)) or 0)
     return steps / max(full, 1)
+
+
+def full_accuracy_estimates(trials, min_pairs: int = 3) -> dict[int, float]:
+    """For candidates stopped at a lower rung: their full-fidelity accuracy estimated from
+    their last rung's, by a least-squares line fitted per rung on the trials that have both
+    (``min_pairs`` at least; no estimate otherwise). What the surrogate learns from rungs."""
+    import numpy as np
+
+    pairs: dict[int, list[tuple[float, float]]] = {}
+    top = 0
+    for t in trials:
+        a = t.user_attrs
+        acc = a.get(RUNG_ACCURACY) or {}
+        if t.state.name == "COMPLETE" and a.get(RUNG) is not None:
+            top = max(top, int(a[RUNG]))
+            full = acc.get(str(a[RUNG]))
+            for r, v in acc.items():
+                if int(r) < int(a[RUNG]) and full is not None:
+                    pairs.setdefault(int(r), []).append((float(v), float(full)))
+    lines = {}
+    for r, pts in pairs.items():
+        x, y = np.array(pts).T
+        if len(pts) >= min_pairs and np.ptp(x) > 0:
+            lines[r] = np.polyfit(x, y, 1)
+    out = {}
+    for t in trials:
+        a = t.user_attrs
+        if t.state.name != "PRUNED" or a.get(RUNG) is None:
+            continue
+        r = int(a[RUNG])
+        v = (a.get(RUNG_ACCURACY) or {}).get(str(r))
+        if r in lines and v is not None:
+            out[t.number] = float(np.clip(np.polyval(lines[r], float(v)), 0.0, 1.0))
+    return out
