@@ -114,15 +114,17 @@ class Built:
 def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
           calib: torch.Tensor, *, prune_criterion: str = "l1",
           grad_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-          prune_round_to: int = 1, init: bool = True, int8: bool = False) -> Built:
+          prune_round_to: int = 1, init: bool = True, int8: Any = None) -> Built:
     """Build the candidate of ``recipe`` from a copy of ``base`` (which is never modified).
 
     ``calib`` is a small batch of training inputs: local fits and init errors use the
     activations it produces, and pruning traces the graph with one of its images. Without
     ``init`` the replacements keep their constructed weights (for when a trained state is
     loaded right after; the architecture is the same). With ``int8`` (the
-    ``onnxruntime-int8`` runtime) blocks at <= 8 bits also simulate int8 activations
-    (:func:`~searchcomp.choices.actquant.simulate_int8`), calibrated on ``calib``.
+    ``onnxruntime-int8`` runtime: the study's :class:`~searchcomp.config.int8.Int8Scheme`,
+    or its name; ``True`` = the default scheme) blocks at <= 8 bits also simulate int8
+    execution with that scheme (:func:`~searchcomp.choices.actquant.simulate_int8`),
+    calibrated on ``calib``.
     """
     by_name = {b.name: b for b in blocks}
     unknown = set(recipe.blocks) - set(by_name)
@@ -179,8 +181,9 @@ def build(base: nn.Module, recipe: Recipe, blocks: list[Block], head_name: str,
         units = [b for b in quantized if int(recipe.choice(b, "bits")) <= INT8_BITS]
         if int8 and units:
             before = _block_io(model, calib[:ERROR_IMAGES], units) if init else {}
+            scheme = None if int8 is True else int8
             for b in units:
-                simulate_int8(model.get_submodule(b))
+                simulate_int8(model.get_submodule(b), scheme)
             if init:
                 calibrate_activations(model, calib)
                 init_errors.update(_block_errors(model, before, "int8"))

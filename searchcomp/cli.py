@@ -40,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--seed", type=int, help="sampler and trial seed")
-    p.add_argument("--strategy", choices=["search", "greedy"], default="search",
-                   help="search: multi-objective Optuna (default); greedy: the source's rule")
+    p.add_argument("--strategy", choices=["search", "rungs", "greedy"], default=None,
+                   help="search: every candidate fully fine-tuned; rungs: multi-fidelity "
+                        "(most candidates stop at a cheap rung); greedy: the source's rule "
+                        "(default: the space's search.strategy)")
+    p.add_argument("--budget", type=float, metavar="E",
+                   help="stop starting candidates once E full fine-tunes' worth of steps are "
+                        "spent (default: the space's search.budget; none)")
     p.add_argument("--threshold", type=float,
                    help="greedy: keep a swap if validation accuracy >= this (default 0.70)")
     p.add_argument("--max-drop", type=float, metavar="D",
@@ -174,6 +179,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _load(args)
     if args.trials is not None and args.trials < 1:
         raise SearchcompError("--trials must be >= 1")
+    if args.budget is not None and args.budget <= 0:
+        raise SearchcompError("--budget must be > 0 (full fine-tune equivalents)")
     if args.strategy != "greedy" and (args.threshold is not None or args.max_drop is not None):
         raise SearchcompError("--threshold and --max-drop are for --strategy greedy")
     if args.strategy == "greedy" and args.target:
@@ -187,7 +194,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         summary = run_search(space, trials=args.trials, timeout_s=args.timeout,
                              storage=args.storage, study_name=args.study, sampler=args.sampler,
-                             seed=args.seed, strategy=args.strategy, threshold=args.threshold,
+                             seed=args.seed, strategy=args.strategy, budget=args.budget,
+                             threshold=args.threshold,
                              quiet=args.quiet, log=_stderr, backend=args.backend,
                              max_drop=args.max_drop, greedy_form=args.greedy_form,
                              target=args.target,
@@ -201,6 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     why = {"exhausted": "; stopped: the search space is exhausted",
            "timeout": "; stopped: --timeout reached",
+           "budget": "; stopped: the compute budget is spent",
            "attempts": "; stopped: too many trials that do not count (see the lines above)"}
     _stderr(f"done: {summary.ran} trial(s) run now, {summary.done} finished in study "
             f"{summary.study} ({summary.storage}){why.get(summary.stopped or '', '')}")

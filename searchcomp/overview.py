@@ -33,6 +33,8 @@ class Overview:
     heads: tuple[str, ...] = ()
     #: the stride of a torchvision model's stem (``stride-1`` with ``small_input``)
     stem: str = ""
+    #: onnxruntime-int8: the scheme setting, this CPU's kernel probe, the study's choice
+    int8: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The object ``inspect --json`` prints."""
@@ -48,6 +50,7 @@ class Overview:
             "normalize": _normalize_text(self.space),
             "space_size": self.space_size,
             "base": self.base,
+            "int8": self.int8,
         }
 
     def to_text(self) -> str:
@@ -85,8 +88,26 @@ class Overview:
         feats = features_label(tuple(b["cpu_features"]) if b["cpu_features"] is not None
                                else None).removeprefix("cpu ")
         lines.append(f"cpu    {b['cpu_model']}; int8 speed depends on: {feats}")
+        lines += _int8_lines(self.int8)
         lines.append(f"objectives  {', '.join(s.objectives)}")
         return "\n".join(lines)
+
+
+def _int8_lines(int8: dict[str, Any] | None) -> list[str]:
+    if not int8:
+        return []
+    from searchcomp.deploy.schemes import format_scheme_table
+
+    probe = ", ".join(f"{n} {'exact' if ok else 'SATURATES'}"
+                      for n, ok in int8["kernel_exact"].items())
+    lines = [f"int8   scheme {int8['setting']}; this CPU's int8 kernels at the range's ends: "
+             f"{probe}"]
+    if int8["chosen"]:
+        lines += [f"       {line}" for line in format_scheme_table(int8["chosen"])]
+    elif int8["setting"] == "auto":
+        lines.append("       chosen by measurement when the study is first prepared (run, "
+                     "profile): the fastest scheme that keeps the base's accuracy")
+    return lines
 
 
 def _normalize_text(space: Space) -> str:
@@ -135,8 +156,14 @@ def inspect_space(space: Space, progress: Callable[[str], None] | None = None) -
             "runtime": mm.runtime, "format": get_runtime(mm.runtime).format,
             "cpu_model": cpu_model(),
             "cpu_features": list(met.cpu_features) if met.cpu_features is not None else None}
+    int8 = None
+    if mm.runtime == "onnxruntime-int8":
+        from searchcomp.search.int8_scheme import int8_overview
+
+        int8 = int8_overview(space)
     return Overview(space, blocks, head_name, space.blocks.head,
-                    space_size(blocks, space.blocks.head), base, heads, _stem(model, space))
+                    space_size(blocks, space.blocks.head), base, heads, _stem(model, space),
+                    int8)
 
 
 def _stem(model, space: Space) -> str:

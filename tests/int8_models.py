@@ -24,11 +24,11 @@ class Residual(nn.Module):
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def residual(bits: tuple[int, int] = (8, 4), int8: bool = True, seed: int = 0
-             ) -> tuple[nn.Module, torch.Tensor]:
+def residual(bits: tuple[int, int] = (8, 4), int8: bool = True, seed: int = 0,
+             scheme: str | None = None) -> tuple[nn.Module, torch.Tensor]:
     """``Residual`` with BatchNorm statistics set (positive gains), block i quantized to
-    ``bits[i]`` (32 = float), blocks at <= 8 bits simulating int8 and calibrated when
-    ``int8``; and its calibration images (3 x 16 x 16)."""
+    ``bits[i]`` (32 = float), blocks at <= 8 bits simulating int8 (with ``scheme``, default
+    u8s8) and calibrated when ``int8``; and its calibration images (3 x 16 x 16)."""
     torch.manual_seed(seed)
     m = Residual().eval()
     for bn in (b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
@@ -39,7 +39,7 @@ def residual(bits: tuple[int, int] = (8, 4), int8: bool = True, seed: int = 0
     for block, b in zip(m.blocks, bits, strict=True):
         quantize_module(block, b)
         if int8 and b <= 8:
-            simulate_int8(block)
+            simulate_int8(block, scheme)
     calib = torch.randn(48, 3, 16, 16)
     calibrate_activations(m, calib)
     return m, calib

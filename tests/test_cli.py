@@ -51,9 +51,14 @@ def test_inspect_in_the_int8_runtime_records_runtime_and_cpu(tiny_space_file, ca
 
     assert main(["inspect", str(tiny_space_file), "--json", "--set",
                  "measure.runtime=onnxruntime-int8"]) == 0
-    base = json.loads(capsys.readouterr().out)["base"]
+    out = json.loads(capsys.readouterr().out)
+    base = out["base"]
     assert base["runtime"] == "onnxruntime-int8" and base["format"] == "onnx-int8"
-    assert "int8 QDQ" in base["latency_runtime"]
+    # the base is all float: its file runs no int8 kernel, and the label says so
+    assert "float: no int8 kernel" in base["latency_runtime"]
+    # the scheme: the setting, this CPU's kernel probe of each, no choice made yet
+    assert out["int8"]["setting"] == "auto" and out["int8"]["chosen"] is None
+    assert set(out["int8"]["kernel_exact"]) == {"u8s8", "u8s8-rr", "u8u8", "s8s8"}
     feats = cpu_features()
     assert base["cpu_features"] == (list(feats) if feats is not None else None)
 

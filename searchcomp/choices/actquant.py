@@ -2,8 +2,9 @@
 
 In the ``onnxruntime-int8`` runtime a block whose weights are at <= 8 bits runs int8 kernels
 (:mod:`searchcomp.deploy.int8`): onnxruntime's static QDQ quantization rounds every tensor
-such a block computes with to uint8, at a per-tensor scale and zero point calibrated
-(min/max) on training images. :func:`simulate_int8` makes a block do the same in torch, so the
+such a block computes with to uint8 (or int8, by the study's scheme:
+:mod:`searchcomp.deploy.schemes`), at a per-tensor scale and zero point calibrated
+(min/max) on training images, and computes with weight codes within the scheme's range. :func:`simulate_int8` makes a block do the same in torch, so the
 fine-tune adapts to it and the trial's validation accuracy predicts the artifact's.
 
 Which tensors, as onnxruntime quantizes them (BatchNorm folded into the conv before it, a
@@ -34,30 +35,35 @@ from torch.nn.utils import parametrize
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 INPUT, OUTPUT = "int8_input", "int8_output"
+#: the block attribute naming the int8 scheme it simulates
+SCHEME_ATTR = "int8_scheme"
 QMAX = 255
 
 
 class ActivationQuant(nn.Module):
-    """uint8 fake quantization of one tensor with a calibrated ``[lo, hi]`` range.
+    """Fake quantization of one tensor to ``qmin..qmax`` (uint8 0..255 by default, int8
+    -128..127 for signed schemes) with a calibrated ``[lo, hi]`` range.
 
-    ``scale = (hi - lo) / 255``, ``zero_point = round(-lo / scale)``, the range first widened
-    to include 0 (onnxruntime's asymmetric uint8 activations). Gradients pass straight through
-    inside the range (``torch.fake_quantize_per_tensor_affine``). Until calibrated it is the
-    identity; ``active`` turns a quantizer off for good (persistent, like the range).
+    ``scale = (hi - lo) / (qmax - qmin)``, ``zero_point = round(qmin - lo / scale)``, the
+    range first widened to include 0 (onnxruntime's asymmetric activations,
+    ``compute_scale_zp``). Gradients pass straight through inside the range
+    (``torch.fake_quantize_per_tensor_affine``). Until calibrated it is the identity;
+    ``active`` turns a quantizer off for good (persistent, like the range).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, qmin: int = 0, qmax: int = QMAX) -> None:
         super().__init__()
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("active", torch.ones((), dtype=torch.bool))
         self.observing = False
+        self.qmin, self.qmax = int(qmin), int(qmax)
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) of the calibrated range."""
         lo, hi = self.lo.clamp(max=0), self.hi.clamp(min=0)
-        scale = ((hi - lo) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)
-        zero = torch.round(-lo / scale).clamp(0, QMAX).to(torch.int32)
+        scale = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(torch.finfo(torch.float32).tiny)
+        zero = torch.round(self.qmin - lo / scale).clamp(self.qmin, self.qmax).to(torch.int32)
         return scale.float(), zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +76,11 @@ class ActivationQuant(nn.Module):
             return x
         scale, zero = self.qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale.to(x.device),
-                                                     zero.to(x.device), 0, QMAX)
+                                                     zero.to(x.device), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
-        return f"[{float(self.lo):.4g}, {float(self.hi):.4g}]" + (
-            "" if bool(self.active) else ", inactive")
+        return (f"[{float(self.lo):.4g}, {float(self.hi):.4g}] -> {self.qmin}..{self.qmax}"
+                + ("" if bool(self.active) else ", inactive"))
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -89,12 +95,25 @@ def _weighted(module: nn.Module) -> bool:
     return isinstance(module, _WEIGHTED) or bool(getattr(module, "quant_weights", ()))
 
 
-def simulate_int8(block: nn.Module) -> None:
-    """Fake-quantize the activations of ``block`` as int8 execution will (see the module
-    docstring); idempotent. The quantizers are submodules (``int8_input`` / ``int8_output``
-    of the block and of each layer concerned), so their ranges travel in the state dict."""
+def simulate_int8(block: nn.Module, scheme=None) -> None:
+    """Fake-quantize the activations of ``block`` as int8 execution with ``scheme`` (an
+    :class:`~searchcomp.deploy.schemes.Int8Scheme` or its name; default ``u8s8``) will (see
+    the module docstring), and cap its weight codes at the scheme's range (8-bit weights
+    within +-63 under ``reduce_range``); idempotent for the same scheme. The quantizers are
+    submodules (``int8_input`` / ``int8_output`` of the block and of each layer concerned),
+    so their ranges travel in the state dict; the scheme's name is the block's
+    ``int8_scheme`` attribute."""
+    from searchcomp.choices.quant import limit_levels
+    from searchcomp.config.int8 import get_scheme
+
+    scheme = get_scheme(scheme)
     if is_int8_unit(block):
+        if getattr(block, SCHEME_ATTR, None) != scheme.name:
+            raise ValueError(f"block already simulates int8 scheme "
+                             f"{getattr(block, SCHEME_ATTR, None)}, not {scheme.name}")
         return
+    setattr(block, SCHEME_ATTR, scheme.name)
+    limit_levels(block, scheme.weight_qmax)
     targets: list[tuple[nn.Module, str]] = [(block, INPUT), (block, OUTPUT)]
     for m in _leaves(block):
         if _weighted(m):
@@ -103,7 +122,7 @@ def simulate_int8(block: nn.Module) -> None:
             targets.append((m, OUTPUT))
     device = next((t.device for t in block.parameters()), torch.device("cpu"))
     for m, role in targets:
-        m.add_module(role, ActivationQuant().to(device))
+        m.add_module(role, ActivationQuant(scheme.act_qmin, scheme.act_qmax).to(device))
         if role == INPUT:
             m.register_forward_pre_hook(_quantize_input)
         else:
@@ -136,6 +155,19 @@ def is_int8_unit(module: nn.Module) -> bool:
 def int8_units(model: nn.Module) -> list[str]:
     """Names of the blocks of ``model`` that simulate int8 execution."""
     return [n for n, m in model.named_modules() if is_int8_unit(m)]
+
+
+def int8_scheme_of(model: nn.Module):
+    """The :class:`~searchcomp.deploy.schemes.Int8Scheme` the int8 blocks of ``model``
+    simulate (None when none does); several different ones are an error."""
+    from searchcomp.config.int8 import get_scheme
+
+    names = {getattr(m, SCHEME_ATTR, None) for _, m in model.named_modules() if is_int8_unit(m)}
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ValueError(f"the int8 blocks simulate different schemes: {sorted(map(str, names))}")
+    return get_scheme(names.pop())
 
 
 def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuant]:
@@ -214,6 +246,8 @@ def _feeding_relu(model: nn.Module, batch: torch.Tensor,
 def strip_int8_simulation(model: nn.Module) -> nn.Module:
     """Remove every activation quantizer and its hook from ``model`` (in place); returns it."""
     for m in model.modules():
+        if is_int8_unit(m) and SCHEME_ATTR in m.__dict__:
+            del m.__dict__[SCHEME_ATTR]
         for role, hooks, fn in ((INPUT, m._forward_pre_hooks, _quantize_input),
                                 (OUTPUT, m._forward_hooks, _quantize_output)):
             if isinstance(m._modules.get(role), ActivationQuant):

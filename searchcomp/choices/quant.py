@@ -32,8 +32,8 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, clip: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_tensor(w: torch.Tensor, bits: int, clip: torch.Tensor | None = None,
+                    levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel (dim 0) quantization of ``w``: (integers, float scales).
 
     ``scale = clip * max|w_c| / qmax`` per channel (1 for an all-zero channel) and
@@ -43,8 +43,10 @@ def quantize_tensor(w: torch.Tensor, bits: int, clip: torch.Tensor | None = None
     ``clip <= 1`` the largest weight of a channel always takes the code ``+-qmax``: the scale
     can be read back from the quantized weights alone (``max|w_q| / qmax``), which is how the
     int8 exporter keeps these exact codes. The integers are returned in float dtype.
+    ``levels``: a smaller largest code than ``qmax`` (an int8 kernel's reduced range, see
+    :class:`searchcomp.deploy.schemes.Int8Scheme`).
     """
-    qmax = 2 ** (bits - 1) - 1
+    qmax = 2 ** (bits - 1) - 1 if levels is None else int(levels)
     w = w.detach()
     flat = w.reshape(w.shape[0], -1) if w.dim() > 0 else w.reshape(1, 1)
     amax = flat.abs().amax(dim=1)
@@ -126,11 +128,15 @@ class QuantizeWeight(nn.Module):
         if check_bits(bits) == FLOAT_BITS:
             raise ValueError("bits=32 means float: leave the weight unparametrized")
         self.bits = bits
+        #: the largest code: ``2**(bits-1) - 1``, or less where an int8 kernel needs it
+        #: (set by :func:`searchcomp.choices.actquant.simulate_int8`; part of the
+        #: architecture, not of the state: a rebuild with the same scheme sets it again)
+        self.levels = 2 ** (bits - 1) - 1
         self.register_buffer("clip", (clip.detach().float().clone() if clip is not None
                                       else torch.ones(channels)))
 
     def dequantized(self, w: torch.Tensor) -> torch.Tensor:
-        q, scale = quantize_tensor(w, self.bits, self.clip)
+        q, scale = quantize_tensor(w, self.bits, self.clip, self.levels)
         view = (-1,) + (1,) * (w.dim() - 1) if w.dim() > 0 else ()
         return q * scale.reshape(view)
 
@@ -145,7 +151,8 @@ class QuantizeWeight(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        full = self.levels == 2 ** (self.bits - 1) - 1
+        return f"bits={self.bits}" + ("" if full else f", levels=+-{self.levels}")
 
 
 def _quantizer(module: nn.Module, name: str) -> QuantizeWeight | None:
@@ -213,6 +220,25 @@ def quantize_module(module: nn.Module, bits: int, clip: str = "mse") -> int:
     return count
 
 
+def weight_levels(module: nn.Module, name: str = "weight") -> int | None:
+    """The largest integer code of a quantized tensor (None when it is float)."""
+    q = _quantizer(module, name)
+    return None if q is None else int(q.levels)
+
+
+def limit_levels(module: nn.Module, levels: int) -> int:
+    """Cap the largest code of every quantized tensor under ``module`` at ``levels`` (an int8
+    kernel's range: 8-bit weights within +-63 under ``reduce_range``); returns how many
+    tensors changed."""
+    changed = 0
+    for _, m, n in _targets(module):
+        q = _quantizer(m, n)
+        if q is not None and q.levels > levels:
+            q.levels = int(levels)
+            changed += 1
+    return changed
+
+
 def weight_bits(module: nn.Module, name: str = "weight") -> int:
     """Bit width a tensor is deployed at: its quantization width, or 32 when it is float."""
     q = _quantizer(module, name)
@@ -251,7 +277,7 @@ def integer_weights(module: nn.Module, name: str = "weight") -> tuple[torch.Tens
             if p is qz:
                 break
             w = p(w)
-        q, scale = quantize_tensor(w, qz.bits, qz.clip)
+        q, scale = quantize_tensor(w, qz.bits, qz.clip, qz.levels)
     dtype = torch.int8 if qz.bits <= 8 else torch.int16
     return q.to(dtype), scale
 

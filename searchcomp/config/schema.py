@@ -210,6 +210,9 @@ class MeasureConfig(_Strict):
     #: artifact ``export`` writes for it (torch: state_dict, onnxruntime: onnx,
     #: onnxruntime-int8: onnx-int8, where blocks at <= 8 bits run int8 kernels)
     runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
+    #: onnxruntime-int8: the integer types (searchcomp.config.int8); ``auto`` measures every
+    #: scheme on this CPU when the study is prepared and keeps the fastest accurate one
+    int8_scheme: Literal["auto", "u8s8", "u8s8-rr", "u8u8", "s8s8"] = "auto"
     #: the deployment target latency is timed on (independent of where training runs);
     #: ``cuda`` is timed with CUDA events after synchronising
     device: TargetDevice = "cpu"
@@ -232,10 +235,33 @@ class ProfileConfig(_Strict):
     seed: int | None = None
 
 
+class RungsConfig(_Strict):
+    """The fidelity rungs of ``strategy: rungs``: rung 0 scores a candidate right after it is
+    built (BatchNorm statistics re-estimated, no gradient step); rung r of ``count`` fine-tunes
+    it ``full / eta**(count - r)`` steps, the last rung being the full fine-tune."""
+
+    #: ratio between the fine-tune lengths of consecutive rungs, and the share (1 / eta) of
+    #: the candidates at a rung that go on to the next
+    eta: int = Field(3, ge=2)
+    #: fine-tune rungs above rung 0 (the last is the full fine-tune)
+    count: int = Field(2, ge=1)
+    #: training batches the BatchNorm statistics are re-estimated on at rung 0
+    bn_batches: int = Field(8, ge=1)
+
+
 class SearchConfig(_Strict):
     """The search driver's settings (the command line may override them)."""
 
     trials: int = Field(50, ge=1)
+    #: how candidates are scored: ``search`` (every one fully fine-tuned) or ``rungs``
+    #: (multi-fidelity: most stop at a cheap rung, see :class:`RungsConfig`)
+    strategy: Literal["search", "rungs"] = "search"
+    rungs: RungsConfig = RungsConfig()
+    #: stop starting candidates once this many full fine-tunes' worth of steps are spent
+    budget: float | None = Field(None, gt=0)
+    #: the one-minute baselines (every block at each allowed prune ratio, at each allowed
+    #: bit width, every block separable, ...) evaluated at full fidelity before the search
+    anchors: bool = True
     timeout_s: float | None = Field(None, gt=0)
     sampler: str = "nsga2"
     seed: int = 0

@@ -1,8 +1,9 @@
 """The ``onnx-int8`` artifact: blocks at <= 8 bits run onnxruntime's int8 kernels.
 
 Built with onnxruntime's own quantization tooling (``quantize_static``, QDQ format, per-channel
-int8 weights, uint8 activations calibrated with ``MinMax`` on real training images, read by a
-``CalibrationDataReader``), applied to the float model exported with BatchNorm folded:
+weights, per-tensor activations calibrated with ``MinMax`` on real training images, read by a
+``CalibrationDataReader``; the integer types are the int8 scheme the blocks simulate,
+:mod:`searchcomp.config.int8`), applied to the float model exported with BatchNorm folded:
 
 1. every node is traced back to the module that computed it (the exporter names nodes after
    their module scope, ``/layer1/layer1.0/conv1/Conv``);
@@ -12,10 +13,11 @@ int8 weights, uint8 activations calibrated with ``MinMax`` on real training imag
    (a Meta layer's G x G mixing, quantized per row, which per-column int8 cannot represent);
 3. the int8 weights keep the trial's own integer codes: the per-channel weight scales are
    handed to the quantizer (``TensorQuantOverrides``) as ``max|w_c| / (qmax * m)`` of the
-   weight's own bit width, so 8-bit codes stay as they are and 6/4/2-bit codes ``q`` become
-   the int8 ``q * m`` (exact: the quantizer gives each channel's largest weight the code
-   ``+-qmax``; ``m``: :func:`~searchcomp.deploy.onnx_codes.int8_multiple`, which keeps the
-   int32 bias grid fine);
+   weight's own largest code, so 8-bit codes stay as they are and 6/4/2-bit codes ``q``
+   become the int8 ``q * m`` (exact: the quantizer gives each channel's largest weight the
+   code ``+-qmax``; ``m``: :meth:`~searchcomp.config.int8.Int8Scheme.multiple`, which keeps
+   the int32 bias grid fine and the codes within the scheme's range: +-63 under
+   ``reduce_range``); uint8 weights (``u8u8``) are the same codes shifted by 128;
 4. weights then take the bytes of their bit width: 6/4/2-bit int8 codes bit-packed, float
    weights of quantized (16-bit, or excluded) layers stored as codes and scales
    (:mod:`searchcomp.deploy.onnx_codes`), everything unpacked when the session starts.
@@ -36,8 +38,9 @@ from collections.abc import Iterator
 import numpy as np
 from torch import Tensor, nn
 
-from searchcomp.choices.actquant import int8_units
-from searchcomp.choices.quant import materialize, quantized_tensors
+from searchcomp.choices.actquant import int8_scheme_of, int8_units
+from searchcomp.choices.quant import materialize, quantized_tensors, weight_levels
+from searchcomp.config.int8 import Int8Scheme, get_scheme
 
 #: ops whose second input is the weight, quantized per output channel along axis 0
 _WEIGHTED_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvTranspose": 1}
@@ -122,20 +125,23 @@ def _quiet_quantizer() -> Iterator[None]:
 def int8_onnx_bytes(model: nn.Module, example: Tensor, calib: Tensor | None) -> bytes:
     """The ``model.int8.onnx`` of ``model`` (see the module docstring). ``calib``: the
     training images the activation ranges are calibrated on (the ones the fine-tune's
-    simulation was calibrated on); needed when any block runs int8."""
+    simulation was calibrated on); needed when any block runs int8. The integer types are
+    the scheme the int8 blocks simulate (:func:`~searchcomp.choices.actquant.int8_scheme_of`)."""
     from onnx import numpy_helper
 
     from searchcomp.deploy.onnx import compact, export_proto
-    from searchcomp.deploy.onnx_codes import int8_multiple, pack_int8_initializer, store_as_codes
+    from searchcomp.deploy.onnx_codes import pack_int8_initializer, store_as_codes
 
     units = int8_units(model)
+    scheme = int8_scheme_of(model) or get_scheme(None)
     if units and (calib is None or not len(calib)):
         raise ValueError("the onnxruntime-int8 runtime needs calibration images (calib) for "
                          f"its int8 blocks {units}")
-    owned: dict[str, list[tuple[tuple[int, ...], int]]] = {}
+    owned: dict[str, list[tuple[tuple[int, ...], int, int]]] = {}
     for mname, tname, bits in quantized_tensors(model):
-        shape = tuple(model.get_submodule(mname).parametrizations[tname].original.shape)
-        owned.setdefault(mname, []).append((shape, bits))
+        layer = model.get_submodule(mname)
+        shape = tuple(layer.parametrizations[tname].original.shape)
+        owned.setdefault(mname, []).append((shape, bits, int(weight_levels(layer, tname))))
     try:
         proto = export_proto(materialize(model), example[:1].float(), fold_constants=True,
                              legacy_only=True)
@@ -146,7 +152,7 @@ def int8_onnx_bytes(model: nn.Module, example: Tensor, calib: Tensor | None) -> 
     inits = {i.name: i for i in graph.initializer}
     modules = {n for n, _ in model.named_modules()}
     index = _scope_index(modules)
-    weight_bits: dict[str, int] = {}  # weight initializer -> bit width of its codes
+    weight_bits: dict[str, tuple[int, int]] = {}  # weight initializer -> (bits, largest code)
     exclude, overrides = [], {}
     for node in graph.node:
         owner = node_module(node.name, modules, index)
@@ -158,65 +164,77 @@ def int8_onnx_bytes(model: nn.Module, example: Tensor, calib: Tensor | None) -> 
             continue
         weight = node.input[pos]
         w_shape = tuple(inits[weight].dims)
-        bits = next((b for s, b in owned.get(owner, ()) if s == w_shape), None)
+        bits, levels = next(((b, lv) for s, b, lv in owned.get(owner, ()) if s == w_shape),
+                            (None, None))
         if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1
                                               for a in node.attribute):
             bits, int8_node = None, False  # weight not laid out [out, in]: leave it float
             exclude.append(node.name)
         if bits is None:
             continue
-        weight_bits[weight] = bits
+        weight_bits[weight] = (bits, levels)
         if int8_node and bits <= 8:
+            if levels > scheme.weight_qmax:
+                raise RuntimeError(f"int8 export: {owner} has codes up to {levels}, beyond "
+                                   f"scheme {scheme.name}'s +-{scheme.weight_qmax}; please "
+                                   "report this")
             w = numpy_helper.to_array(inits[weight]).astype(np.float64)
             amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-            step = (2 ** (bits - 1) - 1) * int8_multiple(bits)
+            step = levels * scheme.multiple(bits)
             scales = np.where(amax > 0, amax / step, 1.0)
-            overrides[weight] = [{"axis": 0, "scale": np.float32(scales[0]), "zero_point": 0},
-                                 *({"scale": np.float32(s), "zero_point": 0}
+            zp = scheme.weight_zero_point
+            overrides[weight] = [{"axis": 0, "scale": np.float32(scales[0]), "zero_point": zp},
+                                 *({"scale": np.float32(s), "zero_point": zp}
                                    for s in scales[1:])]
     if len(exclude) < len(graph.node):
-        proto = _quantize(proto, calib, exclude, overrides)
+        proto = _quantize(proto, calib, exclude, overrides, scheme)
         graph = proto.graph
     names = {i.name for i in graph.initializer}
-    for weight, bits in weight_bits.items():
+    for weight, (bits, levels) in weight_bits.items():
         if f"{weight}_quantized" in names:
             if bits < 8:
-                pack_int8_initializer(graph, f"{weight}_quantized", bits)
+                pack_int8_initializer(graph, f"{weight}_quantized", bits,
+                                      scheme.multiple(bits), scheme.weight_zero_point)
         elif weight in names and bits < 32:
-            err = store_as_codes(graph, weight, bits)
+            err = store_as_codes(graph, weight, bits, levels)
             if err > 1e-4:
                 raise RuntimeError(f"int8 export: weight {weight} is {err:.2g} off its {bits}-bit "
                                    "grid; please report this")
     compact(proto, initializers=True)
+    if units:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = SCHEME_KEY, scheme.name
     return proto.SerializeToString()
 
 
-def _quantize(proto, calib: Tensor, exclude: list[str], overrides: dict):
-    """``quantize_static`` in QDQ format: per-channel int8 weights (with ``overrides``),
-    uint8 activations calibrated with MinMax on ``calib``."""
+def _quantize(proto, calib: Tensor, exclude: list[str], overrides: dict, scheme: Int8Scheme):
+    """``quantize_static`` in QDQ format: per-channel weights (with ``overrides``),
+    activations calibrated with MinMax on ``calib``, of ``scheme``'s types."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
+    from searchcomp.deploy.schemes import quant_types
+
+    activation_type, weight_type = quant_types(scheme)
     with tempfile.TemporaryDirectory(prefix="searchcomp-int8-") as tmp, _quiet_quantizer():
         out = os.path.join(tmp, "int8.onnx")
         quantize_static(proto, out, _Images(calib.detach().cpu(), proto.graph.input[0].name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=scheme.reduce_range,
+                        activation_type=activation_type, weight_type=weight_type,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                         extra_options={"TensorQuantOverrides": overrides,
                                        "QDQDisableWeightAdjustForInt32Bias": True})
         return onnx.load(out)
 
 
-def int8_kernels(model_bytes: bytes) -> dict[str, int]:
-    """How many nodes of each int8 op type onnxruntime runs for an artifact after its graph
-    optimizations (``QLinearConv``, ``QLinearAdd``, ``QGemm``, ...): proof that int8
-    kernels, not dequantized float ones, execute."""
+#: the metadata key of an int8 file naming its scheme
+SCHEME_KEY = "searchcomp.int8_scheme"
+
+
+def optimized_ops(model_bytes: bytes) -> dict[str, int]:
+    """How many nodes of each op type onnxruntime runs for an artifact after its graph
+    optimizations (the fusions of QDQ pairs into ``QLinearConv``, ``QLinearAdd``, ...)."""
     import onnx
     import onnxruntime as ort
 
@@ -228,6 +246,38 @@ def int8_kernels(model_bytes: bytes) -> dict[str, int]:
         ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
         counts: dict[str, int] = {}
         for n in onnx.load(path).graph.node:
-            if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger")):
-                counts[n.op_type] = counts.get(n.op_type, 0) + 1
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts
+
+
+def int8_kernels(model_bytes: bytes, ops: dict[str, int] | None = None) -> dict[str, int]:
+    """How many nodes of each int8 op type onnxruntime runs for an artifact after its graph
+    optimizations (``QLinearConv``, ``QLinearAdd``, ``QGemm``, ...): proof that int8
+    kernels, not dequantized float ones, execute. ``ops``: :func:`optimized_ops`, if at hand."""
+    ops = optimized_ops(model_bytes) if ops is None else ops
+    return {k: v for k, v in ops.items()
+            if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger"))}
+
+
+def file_scheme(model_bytes: bytes) -> str | None:
+    """The int8 scheme an ``onnx-int8`` file was written with (its metadata), or None."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    return next((p.value for p in proto.metadata_props if p.key == SCHEME_KEY), None)
+
+
+def describe_int8(model_bytes: bytes) -> str:
+    """What onnxruntime runs for an int8 artifact, read from the file and a session: its
+    scheme and int8 kernels, or that none runs (``"int8 u8s8-rr: QLinearConv x16,
+    QLinearAdd x8; float Conv x1"``, ``"float: no int8 kernel"``)."""
+    ops = optimized_ops(model_bytes)
+    int8 = int8_kernels(model_bytes, ops)
+    floats = {k: v for k, v in ops.items() if k in ("Conv", "Gemm", "MatMul", "FusedConv",
+                                                   "FusedGemm", "FusedMatMul")}
+    fl = ", ".join(f"{k} x{v}" for k, v in sorted(floats.items()))
+    if not int8:
+        return "float: no int8 kernel" + (f" ({fl})" if fl else "")
+    scheme = file_scheme(model_bytes) or "?"
+    return (f"int8 {scheme}: " + ", ".join(f"{k} x{v}" for k, v in sorted(int8.items()))
+            + (f"; float {fl}" if fl else ""))

@@ -50,10 +50,10 @@ def int8_multiple(bits: int) -> int:
 
 
 def _unpacked(graph, nodes: list, name: str, codes: np.ndarray, bits: int,
-              multiple: int = 1) -> str:
+              multiple: int = 1, zero_point: int = 0) -> str:
     """Nodes computing the int8 ``codes * multiple`` (``codes`` within ``bits``) from the
-    packed bytes of ``codes``; returns the name of the int8 tensor (``name``), in the shape
-    of ``codes``."""
+    packed bytes of ``codes`` (with a ``zero_point`` of 128: the uint8 ``codes * multiple +
+    128``); returns the name of the tensor (``name``), in the shape of ``codes``."""
     from onnx import TensorProto
 
     packed = encode_codes(torch.from_numpy(codes.astype(np.int64)), bits).numpy()
@@ -85,29 +85,37 @@ def _unpacked(graph, nodes: list, name: str, codes: np.ndarray, bits: int,
     if multiple != 1:
         x = _node(nodes, "Mul", [x, _const(graph, f"{p}.multiple",
                                            np.array([multiple], np.int32))], f"{p}.spread")
-    x = _node(nodes, "Cast", [x], f"{p}.i8", to=TensorProto.INT8)
+    if zero_point:
+        x = _node(nodes, "Add", [x, _const(graph, f"{p}.zero_point",
+                                           np.array([zero_point], np.int32))], f"{p}.shifted_u8")
+    x = _node(nodes, "Cast", [x], f"{p}.i8",
+              to=TensorProto.UINT8 if zero_point else TensorProto.INT8)
     return _node(nodes, "Reshape", [x, _const(graph, f"{p}.shape",
                                               np.array(codes.shape, dtype=np.int64))], name)
 
 
-def pack_int8_initializer(graph, name: str, bits: int) -> None:
-    """Store the int8 initializer ``name`` (``bits``-bit codes times :func:`int8_multiple`)
-    as the packed ``bits``-bit codes, with a constant subgraph that outputs ``name`` again
-    (in place)."""
+def pack_int8_initializer(graph, name: str, bits: int, multiple: int | None = None,
+                          zero_point: int = 0) -> None:
+    """Store the int8 initializer ``name`` (``bits``-bit codes times ``multiple``, default
+    :func:`int8_multiple`; uint8 codes shifted by ``zero_point`` 128 for uint8 weights) as
+    the packed ``bits``-bit codes, with a constant subgraph that outputs ``name`` again (in
+    place)."""
     from onnx import numpy_helper
 
     spread = numpy_helper.to_array(_remove_initializer(graph, name)).astype(np.int64)
-    multiple, qmax = int8_multiple(bits), 2 ** (bits - 1) - 1
+    spread = spread - zero_point
+    multiple = int8_multiple(bits) if multiple is None else int(multiple)
+    qmax = 2 ** (bits - 1) - 1
     codes = spread // multiple
     if not np.array_equal(codes * multiple, spread) or (
             codes.size and int(np.abs(codes).max()) > qmax):
         raise RuntimeError(f"int8 weight {name} is not {bits}-bit codes x {multiple}")
     nodes: list = []
-    _unpacked(graph, nodes, name, codes.astype(np.int8), bits, multiple)
+    _unpacked(graph, nodes, name, codes.astype(np.int8), bits, multiple, zero_point)
     _prepend(graph, nodes)
 
 
-def store_as_codes(graph, name: str, bits: int) -> float:
+def store_as_codes(graph, name: str, bits: int, levels: int | None = None) -> float:
     """Replace the float initializer ``name`` of a ``bits``-bit weight by its integer codes
     (int8, int16, or packed) and float32 per-channel scales (axis 0) with a constant subgraph
     that outputs ``name`` as before. Returns the largest relative difference between the
@@ -116,11 +124,12 @@ def store_as_codes(graph, name: str, bits: int) -> float:
     The scale of a channel is ``max|w_c| / qmax``: searchcomp's quantizer gives the largest
     weight of each channel the code ``+-qmax`` (see :func:`searchcomp.choices.quant.
     quantize_tensor`), and folding a BatchNorm into the weight scales a channel as a whole.
+    ``levels``: the weight's largest code when below ``qmax`` (an int8 scheme's range).
     """
     from onnx import TensorProto, numpy_helper
 
     w = numpy_helper.to_array(_remove_initializer(graph, name)).astype(np.float64)
-    qmax = 2 ** (bits - 1) - 1
+    qmax = 2 ** (bits - 1) - 1 if levels is None else int(levels)
     flat = w.reshape(w.shape[0], -1) if w.ndim else w.reshape(1, 1)
     amax = np.abs(flat).max(axis=1)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)

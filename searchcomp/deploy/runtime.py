@@ -75,8 +75,10 @@ class Runtime:
         return nullcontext()
 
     def label(self, threads: int, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> str:
-        """What measured a latency: runtime, version, threads, and the CPU's int8 features."""
+              device: str = "cpu", artifact: bytes | None = None) -> str:
+        """What measured a latency: runtime, version, threads, and the CPU's int8 features;
+        with the ``artifact`` that ran, what it ran (the int8 runtime: its scheme and the int8
+        kernels onnxruntime fused, read from the file and a session)."""
         raise NotImplementedError
 
 
@@ -107,7 +109,7 @@ class TorchEager(Runtime):
         return _torch_running(threads)
 
     def label(self, threads: int, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> str:
+              device: str = "cpu", artifact: bytes | None = None) -> str:
         return f"{torch_label('eager', threads, dtype, device=device)}; {features_label()}"
 
 
@@ -134,7 +136,7 @@ class TorchScriptRuntime(Runtime):
         return _torch_running(threads, inference=False)
 
     def label(self, threads: int, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> str:
+              device: str = "cpu", artifact: bytes | None = None) -> str:
         return f"{torch_label('TorchScript', threads, dtype)}; {features_label()}"
 
 
@@ -154,10 +156,17 @@ class OnnxRuntime(Runtime):
         return lambda: sess.run(None, feed)
 
     def label(self, threads: int, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> str:
+              device: str = "cpu", artifact: bytes | None = None) -> str:
         from searchcomp.deploy.onnx import runtime_name
 
-        kind = "int8 QDQ for blocks at <= 8 bits" if self.int8 else "float"
+        if not self.int8:
+            kind = "float"
+        elif artifact is None:
+            kind = "int8 QDQ where the file has it (not inspected)"
+        else:
+            from searchcomp.deploy.int8 import describe_int8
+
+            kind = describe_int8(artifact)
         return f"{runtime_name()}, {kind}, {threads_label(threads)}; {features_label()}"
 
 

@@ -137,7 +137,8 @@ def time_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: 
         else:  # kernels are queued: wait for each run to finish
             times = _synced_times(run, device, runs, warmup)
     return Latency(statistics.median(times),
-                   rt.label(threads, _float_dtype(model), device=_device_label(device)), runs,
+                   rt.label(threads, _float_dtype(model), device=_device_label(device),
+                            artifact=artifact), runs,
                    batch_size, threads, percentile(times, 0.9), p10_ms=percentile(times, 0.1))
 
 
@@ -195,10 +196,10 @@ def time_artifact(folder: str | os.PathLike[str], *, batch_size: int = 1, thread
         from searchcomp.deploy.load import load
 
         model = load(folder)
-    run = rt.runner((folder / info["file"]).read_bytes(),
-                    _example(batch_size, tuple(info["input_shape"])), threads, model)
+    data = (folder / info["file"]).read_bytes()
+    run = rt.runner(data, _example(batch_size, tuple(info["input_shape"])), threads, model)
     with rt.running(threads):
         times = time_runs(run, runs, warmup)
     dtype = _float_dtype(model) if model is not None else torch.float32
-    return Latency(statistics.median(times), rt.label(threads, dtype), runs, batch_size,
-                   threads, percentile(times, 0.9), p10_ms=percentile(times, 0.1))
+    return Latency(statistics.median(times), rt.label(threads, dtype, artifact=data), runs,
+                   batch_size, threads, percentile(times, 0.9), p10_ms=percentile(times, 0.1))

@@ -47,14 +47,17 @@ class Tables:
 
 def open_tables(space: Space, model: nn.Module, blocks: list[Any], head_name: str,
                 study_name: str | None = None, *, measure_latency: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> Tables:
+                progress: Callable[[int, int], None] | None = None,
+                int8_scheme: str | None = None, calib: Any = None) -> Tables:
     """The tables of ``space`` for its study's profile file; with ``measure_latency``, the
-    missing block latencies are measured (in the configured runtime) and stored."""
+    missing block latencies are measured (in the configured runtime) and stored.
+    ``int8_scheme`` and ``calib`` (calibration images): the ``onnxruntime-int8`` runtime's
+    scheme and what int8 blocks are calibrated on when timed."""
     layout = Layout.from_blocks(blocks, space.blocks.head)
     store = ProfileStore.of_study(space.study_dir(study_name))
     shapes = ShapeCosts(model, blocks, head_name, input_shape(space.model),
                         space.blocks.prune_round_to)
-    latency = LatencyTable(shapes, model, space.measure, store)
+    latency = LatencyTable(shapes, model, space.measure, store, int8_scheme, calib)
     if measure_latency:
         latency.measure(layout, progress)
     sens = load_sensitivity(store, space, layout, head_name)

@@ -6,6 +6,11 @@ built alone with fresh weights (latency does not depend on them) and timed with
 threads and batch size; the head's values likewise, and the whole base once. A recipe's
 latency is the base's plus each block's change: that assumes the runtime's cost is close to
 additive over blocks, which :func:`latency_error` checks against every measured trial.
+
+In the ``onnxruntime-int8`` runtime a block at <= 8 bits is built as a trial builds it: its
+weights quantized, its activations simulated with the study's int8 scheme and calibrated on
+the block's own inputs from the calibration images, so its ``onnx-int8`` file runs the int8
+kernels a trial's would, and the table includes int8 speed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from searchcomp.candidate import Recipe, rebuild
+from searchcomp.candidate import INT8_BITS, Recipe, rebuild
+from searchcomp.choices.actquant import calibrate_activations, simulate_int8
 from searchcomp.choices.quant import quantize_module
 from searchcomp.config import FLOAT_BITS, KEEP, MeasureConfig
 from searchcomp.measure import time_latency
@@ -29,6 +35,8 @@ from searchcomp.predict.layout import Layout
 from searchcomp.predict.store import ProfileStore, content_key
 
 SECTION = "latency"
+#: the profile store's entry naming the int8 scheme the int8 rows were timed with
+SCHEME_ENTRY = "int8_scheme"
 
 
 def bits_matter(runtime: str) -> bool:
@@ -65,12 +73,23 @@ class LatencyTable:
     """Measured latencies of block configurations, read from / written to a profile store."""
 
     def __init__(self, costs: ShapeCosts, base: nn.Module, m: MeasureConfig,
-                 store: ProfileStore | None = None) -> None:
+                 store: ProfileStore | None = None, scheme: str | None = None,
+                 calib: torch.Tensor | None = None) -> None:
+        """``scheme`` (``onnxruntime-int8``): the study's int8 scheme (default: the one the
+        stored rows were timed with); ``calib``: calibration images, to time int8 blocks."""
         self.costs, self.base, self.m, self.store = costs, base, m, store
         self.context = runtime_context(m)
         self.with_bits = bits_matter(m.runtime)
         self._ms: dict[str, float] = {}
         self.runtime = ""
+        self.int8 = m.runtime == "onnxruntime-int8"
+        self.scheme = None
+        if self.int8:
+            stored = store.get("settings", SCHEME_ENTRY) if store is not None else None
+            self.scheme = scheme or (stored or {}).get("scheme")
+            self.context["int8_scheme"] = self.scheme
+        self.calib = calib
+        self._inputs: dict[str, torch.Tensor] | None = None
 
     # -- keys ------------------------------------------------------------------------------
     def _key(self, path: str, value: Any) -> str:
@@ -119,18 +138,48 @@ class LatencyTable:
         rebuild(tree, recipe, blocks, self.costs.head_name, self.costs.resized(recipe))
         if blocks and value[2] != FLOAT_BITS:
             quantize_module(tree.get_submodule(path), int(value[2]))
-        return tree.get_submodule(path).eval(), tuple(self.costs.inputs[path][1:])
+        module = tree.get_submodule(path).eval()
+        if blocks and self.int8 and value[2] <= INT8_BITS:
+            if self.scheme is None:
+                raise ValueError("timing int8 blocks needs the study's int8 scheme")
+            simulate_int8(module, self.scheme)
+            module = nn.Sequential(module).eval()  # the exporter finds units by name
+            calibrate_activations(module, self.block_inputs(path, value))
+        return module, tuple(self.costs.inputs[path][1:])
+
+    def block_inputs(self, path: str, value: Any) -> torch.Tensor:
+        """The calibration images' activations at the input of block ``path`` of the base,
+        as wide as ``value``'s recipe leaves the block's input (pruning a block never
+        touches its input)."""
+        if self.calib is None:
+            raise ValueError("timing int8 blocks needs calibration images (calib)")
+        if self._inputs is None:
+            self._inputs = {}
+            hooks = [self.base.get_submodule(b).register_forward_pre_hook(
+                lambda _m, args, b=b: self._inputs.__setitem__(b, args[0].detach().cpu()))
+                for b in self.costs.blocks]
+            device = next(self.base.parameters()).device
+            try:
+                with torch.no_grad():
+                    self.base.eval()(self.calib.to(device))
+            finally:
+                for h in hooks:
+                    h.remove()
+        return self._inputs[path]
 
     def measure(self, layout: Layout, progress: Callable[[int, int], None] | None = None
                 ) -> int:
         """Measure every missing configuration of ``layout``; returns how many."""
         todo = self.missing(layout)
         m = self.m
+        if todo and self.int8 and self.store is not None:
+            self.store.put("settings", SCHEME_ENTRY, {"scheme": self.scheme}, save=False)
         for i, (path, value) in enumerate(todo):
             module, shape = self.module(path, value)
             lat = time_latency(module, shape, batch_size=m.batch_size, threads=m.threads,
                                runs=m.runs, warmup=m.warmup, runtime=m.runtime,
-                               device=m.device)
+                               device=m.device, calib=self._inputs.get(path)
+                               if self._inputs else None)
             key = self._key(path, value)
             self._ms[key] = lat.median_ms
             self.runtime = lat.runtime

@@ -18,7 +18,7 @@ from typing import Any
 
 FILE_NAME = "profile.json"
 FORMAT = 1
-SECTIONS = ("accuracy", "latency")
+SECTIONS = ("accuracy", "latency", "settings")
 
 
 def content_key(obj: Any) -> str:

@@ -26,13 +26,14 @@ from searchcomp.candidate import Recipe, build
 from searchcomp.choices.actquant import INPUT, OUTPUT, calibrate_activations
 from searchcomp.choices.quant import quantized_tensors
 from searchcomp.config import Space
-from searchcomp.deploy.formats import DEQUANT, FORMATS, write_artifact
+from searchcomp.deploy.formats import FORMATS, write_artifact
 from searchcomp.deploy.load import load
 from searchcomp.deploy.runtime import get_runtime, runtime_of_format
 from searchcomp.errors import SearchcompError
-from searchcomp.measure import MIN_RUNS, count_params, time_artifact
+from searchcomp.measure import count_params, time_artifact
 from searchcomp.measure.intervals import wilson_interval
 from searchcomp.models import input_shape
+from searchcomp.results.card import card_markdown, with_ci
 from searchcomp.search.study import SKIPPED, STOPPED_REASON
 from searchcomp.train import evaluate, finetune
 
@@ -70,8 +71,9 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     from searchcomp.search.study import open_study
 
     name = study_name or space.name
-    frozen = _completed_trial(open_study(space, storage=storage, study_name=name,
-                                         load_only=True), trial, name)
+    opened = open_study(space, storage=storage, study_name=name, load_only=True)
+    frozen = _completed_trial(opened, trial, name)
+    record = opened.user_attrs.get("int8_scheme")
     fmt = fmt or get_runtime(_trial_runtime(space, frozen)).format
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
@@ -80,7 +82,8 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
     except OSError as e:
         raise SearchcompError(f"--out: cannot write next to {out}: {e}") from None
     try:
-        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress, device)
+        card = _export(space, frozen, tmp, fmt, finetune_epochs, name, log, progress, device,
+                       record)
         if out.exists():
             raise SearchcompError(f"{out} appeared while exporting; nothing was written there")
         os.rename(tmp, out)
@@ -93,12 +96,41 @@ def export_trial(space: Space, trial: int, out: str | os.PathLike[str], fmt: str
                 break
         raise
     e, b = card["exported"], card["base"]
-    log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {_with_ci(e, 'test')} "
+    log(f"exported trial {trial} ({fmt}) to {out}: test accuracy {with_ci(e, 'test')} "
         f"(base {b['test_accuracy']:.4f}), {e['file_mib']:.3f} MiB (base {b['file_mib']:.3f}), "
         f"{e['latency_ms']:.2f} ms (base {b['latency_ms']:.2f}) on {e['runtime']}")
     if card["accuracy_gap_flag"]:
         log(f"warning: {card['accuracy_gap_note']}")
     return card
+
+
+def _export_scheme(space: Space, attrs: dict[str, Any], study: str, int8: bool) -> str | None:
+    """The int8 scheme an ``onnx-int8`` export uses: the trial's own (it fine-tuned with it),
+    else the space's fixed one, else the first scheme whose kernel is exact on this CPU
+    (a trial searched in a float runtime has none). None for float formats."""
+    if not int8:
+        return None
+    if attrs.get("int8_scheme"):
+        return str(attrs["int8_scheme"])
+    if attrs.get("runtime") == "onnxruntime-int8":
+        from searchcomp.config.int8 import DEFAULT_SCHEME
+
+        return DEFAULT_SCHEME  # searched before schemes were chosen: what it used
+    if space.measure.int8_scheme != "auto":
+        return space.measure.int8_scheme
+    from searchcomp.config.int8 import SCHEMES
+    from searchcomp.deploy.schemes import kernel_exact
+
+    return next((n for n in SCHEMES if kernel_exact(n)), next(iter(SCHEMES)))
+
+
+def _scheme_card(record: dict[str, Any] | None, scheme: str) -> dict[str, Any]:
+    """What the card says of the int8 scheme: its name and the study's record of the choice
+    (the table measured on its CPU), when the study has one for that scheme."""
+    if not record or record.get("scheme") != scheme:
+        record = None
+    return {"scheme": scheme, "record": record,
+            "reason": record["reason"] if record else f"{scheme}: the scheme the trial used"}
 
 
 def _trial_runtime(space: Space, frozen) -> str:
@@ -132,21 +164,24 @@ def _completed_trial(study, number: int, name: str):
 
 
 def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: str,
-            log: Callable[[str], None], progress: bool, device: str | None) -> dict[str, Any]:
+            log: Callable[[str], None], progress: bool, device: str | None,
+            record: dict[str, Any] | None = None) -> dict[str, Any]:
     from searchcomp.search.trial import prepare
 
-    ctx = prepare(space, progress=progress, log=log, study_name=study, device=device)
     a, number = frozen.user_attrs, frozen.number
+    runtime = runtime_of_format(fmt)
+    scheme = _export_scheme(space, a, study, runtime.int8)
+    ctx = prepare(space, progress=progress, log=log, study_name=study, device=device,
+                  int8_scheme=scheme)
     recipe = Recipe.from_dict(a["recipe"])
     seed = int(a.get("seed", space.search.seed + number))  # the seed the trial really used
     weights = _weights_file(a.get("weights"), ctx.weights_dir)
-    runtime = runtime_of_format(fmt)
     torch.manual_seed(seed)
     # with stored weights to load, the replacements need their shapes, not their init
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=weights is None, int8=runtime.int8)
+                  init=weights is None, int8=scheme)
     model = built.model
     if weights is None:
         log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "
@@ -218,6 +253,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
             "this file)" if abs(gap) > ACCURACY_GAP + 1e-9 else
             f"{100 * gap:+.2f} pt, within {100 * ACCURACY_GAP:.1f} pt"),
         "quantized_tensors": bits,
+        "int8_scheme": _scheme_card(record, scheme) if scheme else None,
         "weights": source, "refinetuned": weights is None, "finetune_epochs": float(epochs),
         "test_split": {"dataset": space.data.dataset, "images": ctx.splits.test.size},
         "val_split": {"images": ctx.splits.val.size},
@@ -292,62 +328,6 @@ def _write_and_measure(model: nn.Module, info: dict[str, Any], folder: Path, ctx
             "runtime": lat.runtime,
             "cpu_features": list(lat.cpu_features) if lat.cpu_features is not None else None,
             "max_abs_diff": diff}
-
-
-def _with_ci(figures: dict[str, Any], split: str) -> str:
-    """An accuracy of the card with its 95 % interval."""
-    acc, ci = figures[f"{split}_accuracy"], figures.get(f"{split}_accuracy_interval")
-    return f"{acc:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-
-
-def card_markdown(card: dict[str, Any]) -> str:
-    """The model card as Markdown."""
-    e, b, s, m = card["exported"], card["base"], card["search"], card["measure"]
-    what = f"trial {card['trial']}"
-    rows = [("test accuracy (the file)", _with_ci(e, "test"), _with_ci(b, "test")),
-            ("validation accuracy (the file)", _with_ci(e, "val"), _with_ci(b, "val")),
-            ("params", f"{e['params']:,}", f"{b['params']:,}"),
-            (f"file MiB ({card['file']})", f"{e['file_mib']:.4f}", f"{b['file_mib']:.4f}"),
-            ("latency ms", f"{e['latency_ms']:.3f}", f"{b['latency_ms']:.3f}")]
-    if s.get("size_mib") is not None:
-        agreement = (f"The file is exactly the trial's size_mib ({e['file_bytes']:,} bytes)."
-                     if card["same_artifact_as_search"] and card["size_mib_agreement"] == 0
-                     else f"The file is {100 * card['size_mib_agreement']:+.2f}% off the "
-                          f"trial's size_mib ({s['runtime']} artifact).")
-        searched = (f"- Search-time figures of {what} ({s['runtime']}): validation accuracy "
-                    f"{s['accuracy']:.4f}, size_mib {s['size_mib']:.4f}, latency "
-                    f"{s['latency_ms']:.3f} ms ({s['latency_runtime']}). {agreement}")
-    else:
-        searched = f"- {what} has no search-time figures."
-    flag = "**Accuracy gap:** " if card["accuracy_gap_flag"] else "- Accuracy gap: "
-    lines = [f"# {card['study']} {what} ({card['format']})", "",
-             f"| | exported ({what}) | base |", "|---|---:|---:|",
-             *[f"| {k} | {x} | {y} |" for k, x, y in rows], "",
-             f"- Accuracies: measured by running the written files: the held-out test split "
-             f"({card['test_split']['images']} {card['test_split']['dataset']} images) and "
-             f"the validation split ({card['val_split']['images']} images) the search chose on; "
-             "[low, high]: the 95 % Wilson interval of each from its number of images.",
-             f"- Latency: {card['runtime']}; batch {m['batch_size']}, median of "
-             f"{max(m['runs'], MIN_RUNS)} runs after {m['warmup']} warm-up; the base was "
-             f"written in the same format and measured the same way. {DEQUANT[card['format']]}",
-             searched,
-             f"{flag}{card['accuracy_gap_note'] or 'no trial accuracy to compare'}.",
-             f"- Weights: {card['weights']}"
-             + (f"; then fine-tuned {card['finetune_epochs']:g} more epoch(s)"
-                if card["finetune_epochs"] else ""),
-             f"- Quantized tensors by bit width: {card['quantized_tensors'] or 'none (float)'}",
-             "", "## Recipe", "", f"`{card['summary']}`", "",
-             "| block | choices |", "|---|---|",
-             *[f"| {blk} | {', '.join(f'{k} {v}' for k, v in ch.items())} |"
-               for blk, ch in card["recipe"]["blocks"].items()],
-             f"| head | {card['recipe']['head']} |", "", "## Use", "", "```python",
-             "import searchcomp", "", "model = searchcomp.load(\"THIS_FOLDER\")  # eval mode",
-             "```", "",
-             f"Input: float32 N x {' x '.join(map(str, card['input']['shape']))}, each channel "
-             f"normalised with mean {card['input']['normalize']['mean']} and std "
-             f"{card['input']['normalize']['std']} (of images scaled to [0, 1]; "
-             f"{card['input']['normalize'].get('kind', 'dataset')} statistics).", ""]
-    return "\n".join(lines)
 
 
 def _version() -> str:

@@ -134,14 +134,34 @@ def scatter(x: str, rows: list[dict[str, Any]], front: list[dict[str, Any]],
             base: dict[str, Any], greedy: dict[str, Any] | None, blocks: Sequence[str],
             objectives: Sequence[str]) -> go.Figure:
     """Validation accuracy against metric ``x``: every complete trial faint (infeasible ones
-    as crosses, greedy steps in orange), the front highlighted and joined in order of ``x``,
-    the base as a star and the greedy result as a diamond."""
+    as crosses, greedy steps in orange, anchors as squares), candidates the rungs strategy
+    stopped early at their last rung's accuracy (open triangles: not fully fine-tuned, never
+    on the front), the front highlighted and joined in order of ``x``, the base as a star
+    and the greedy result as a diamond."""
     fig = go.Figure()
     done = _points([r for r in rows if r.get("state") == "complete"
                     and r.get("confirm_of") is None], x)
+    stopped = [{**r, **(r.get("rung_costs") or {}),
+                "accuracy": (r.get("rung_accuracy") or {}).get(str(r.get("rung")))}
+               for r in rows if r.get("state") == "stopped" and r.get("rung") is not None]
+    stopped = _points(stopped, x)
+    if stopped:
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in stopped], y=[r["accuracy"] for r in stopped], mode="markers",
+            name="stopped at a lower rung", marker=dict(color="#9a9a9a", size=6, opacity=0.35,
+                                                        symbol="triangle-down-open"),
+            hovertemplate="%{hovertext}<extra></extra>",
+            hovertext=[f"trial {r['trial']}: stopped at rung {r['rung']} (accuracy "
+                       f"{r['accuracy']:.4f} there, not fully fine-tuned)<br>"
+                       f"{r.get('summary') or ''}" for r in stopped]))
     groups = [
-        ("trials", [r for r in done if r.get("feasible", True) and r.get("strategy") != "greedy"],
+        ("trials", [r for r in done if r.get("feasible", True)
+                    and r.get("strategy") not in ("greedy", "anchor")],
          dict(color="#9a9a9a", size=7, opacity=0.45, symbol="circle")),
+        ("anchors (one-minute baselines)", [r for r in done if r.get("feasible", True)
+                                            and r.get("strategy") == "anchor"],
+         dict(color="#34495e", size=9, opacity=0.8, symbol="square-open",
+              line=dict(width=2))),
         ("greedy steps", [r for r in done if r.get("feasible", True)
                           and r.get("strategy") == "greedy"],
          dict(color=GREEDY_COLOR, size=7, opacity=0.35, symbol="circle-open",

@@ -61,7 +61,9 @@ class Results:
                     "head": (r.get("recipe") or {}).get("head", "keep"),
                     **{k: r.get(k) for k in keys}, "summary": r.get("summary"),
                     "latency_in_trial_ms": r.get("latency_in_trial_ms", r.get("latency_ms")),
-                    "strategy": r.get("strategy"),
+                    "strategy": r.get("strategy"), "tag": r.get("tag"),
+                    "anchor": bool(r.get("anchor")), "rung": r.get("rung"),
+                    "rung_accuracy": r.get("rung_accuracy"),
                     **{k: r.get(k) for k in UNCERTAINTY},
                     "on_pareto_front": self.pareto is None or r["trial"] in self.pareto}
 
@@ -89,6 +91,7 @@ class Results:
                  + f"; front: {len(self.front)} point(s); hypervolume {self.hypervolume:.4f}"
                  + (f" [{self.hypervolume_interval[0]:.4f}, {self.hypervolume_interval[1]:.4f}]"
                     if self.hypervolume_interval else ""),
+                 *_rung_lines(self.rows),
                  ""]
         head = (f"{'trial':>6}  {'val acc':>7}  {'95 % interval':>15}  {'params':>9}  "
                 f"{'MiB':>8}  {'latency ms':>10}  {'p10-p90':>13}  choices")
@@ -106,7 +109,9 @@ class Results:
         lines.append(fmt("base", self.base, "the base model, before any change"
                          + _in_trial(self.base)))
         for r in self.front:
-            lines.append(fmt(str(r["trial"]), r, (r.get("summary") or "") + _in_trial(r)))
+            anchor = f"  [{r['tag']}]" if r.get("anchor") else ""
+            lines.append(fmt(str(r["trial"]), r, (r.get("summary") or "") + anchor
+                             + _in_trial(r)))
             lines += [f"{'':>8}{n}" for n in _notes(r)]
         if self.greedy:
             g = self.greedy
@@ -143,6 +148,25 @@ HOW_TO_READ = (
     "(~: dominated only within noise).")
 LOAD_NOTE = ("!: timed under load (p90 / median > 1.25): its latency is too high; "
              "'searchcomp front SPACE --remeasure' measures the front again quietly")
+
+
+def _rung_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """With the rungs strategy: how many candidates stopped at each rung (never on the
+    front) and the rung every front point reached."""
+    stopped: dict[int, int] = {}
+    top = None
+    for r in rows:
+        if r.get("rung") is None:
+            continue
+        if r["state"] == "stopped":
+            stopped[int(r["rung"])] = stopped.get(int(r["rung"]), 0) + 1
+        elif r["state"] == "complete":
+            top = max(int(r["rung"]), top or 0)
+    if not stopped and top is None:
+        return []
+    at = ", ".join(f"{n} at rung {k}" for k, n in sorted(stopped.items())) or "none"
+    return [f"rungs: stopped early (not on the front): {at}; complete trials reached rung "
+            f"{top}, the full fine-tune"]
 
 
 def _confirm_count(rows: list[dict[str, Any]]) -> str:

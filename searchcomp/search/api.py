@@ -34,11 +34,14 @@ class RunSummary:
     greedy: dict[str, Any] | None = None
     #: why the run stopped before ``trials`` were done ("exhausted", "timeout", ...) or None
     stopped: str | None = None
+    #: full fine-tunes' worth of steps the study's trials have spent (all rungs, anchors)
+    compute: float | None = None
 
 
 def run_search(space: Space, *, trials: int | None = None, timeout_s: float | None = None,
                storage: str | None = None, study_name: str | None = None,
-               sampler: str | None = None, seed: int | None = None, strategy: str = "search",
+               sampler: str | None = None, seed: int | None = None,
+               strategy: str | None = None, budget: float | None = None,
                threshold: float | None = None, quiet: bool = False,
                log: Callable[[str], None] = print, backend: str = "local",
                ray_options: dict[str, Any] | None = None, device: str | None = None,
@@ -46,7 +49,11 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                target: str | Budget | None = None
                ) -> RunSummary:
     """Run (or resume) the study of ``space``: the base first, then trials until ``trials``
-    are done. ``strategy="greedy"`` runs the greedy baseline in the same study instead, keeping
+    are done or ``budget`` full fine-tunes' worth of steps are spent (default
+    ``search.budget``). ``strategy`` (default ``search.strategy``): ``search`` fine-tunes
+    every candidate fully, ``rungs`` takes them up fidelity rungs and stops most early
+    (:mod:`searchcomp.search.rungs`). ``strategy="greedy"`` runs the greedy baseline in the
+    same study instead, keeping
     a swap while validation accuracy >= ``threshold`` (default 0.70) or >= the base's minus
     ``max_drop``; ``greedy_form``: ``cumulative`` or ``rebuild``. ``sampler="surrogate"``
     first fills the study's profile (sensitivity and latency tables); ``target`` (e.g.
@@ -61,6 +68,8 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
 
     compute_for(space, device), measure_device(space)  # a missing GPU: fail before anything
     n = trials or space.search.trials
+    strategy = strategy or space.search.strategy
+    budget = budget if budget is not None else space.search.budget
     name = study_name or space.name
     if isinstance(target, str):
         target = Budget.parse(target)
@@ -93,6 +102,8 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     if ctx.base_measured or study.user_attrs.get("base_key") != ctx.base_key:
         study.set_user_attr("base", b)  # measured here, or by a worker that did not store it
         study.set_user_attr("base_key", ctx.base_key)
+    if ctx.int8_measured:
+        study.set_user_attr("int8_scheme", ctx.int8_record)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", space.file)
     study.set_user_attr("blocks", ctx.block_names)
@@ -114,7 +125,13 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
                           greedy)
     queued = enqueue_seeds(study, ctx, lock, n)
     if queued:
-        log(f"queued {queued} seed trial(s): the base and the uniform configurations")
+        log(f"queued {queued} seed trial(s): the base, the anchors (the one-minute baselines) "
+            "and the space's uniform configurations")
+    if strategy == "rungs":
+        from searchcomp.search.rungs import RungPlan, full_steps
+
+        log(f"strategy rungs: {RungPlan.of(space, full_steps(ctx)).describe()}; the base and "
+            "the anchors go to the last rung")
     done = len(done_trials(study))
     if done >= n:
         log(f"study {name} already has {done} finished trials (>= {n}); "
@@ -125,11 +142,31 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     timeout = timeout_s if timeout_s is not None else space.search.timeout_s
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
-                          space.search.seed if seed is None else seed, lock, device)
+                          space.search.seed if seed is None else seed, lock, device, strategy,
+                          budget)
     else:
-        ran = searcher.run(n, timeout)
+        ran = searcher.run(n, timeout, budget)
         _remeasure(ctx, study, lock, log)
-    return RunSummary(name, url, ran, len(done_trials(study)), stopped=searcher.stopped)
+    used = _log_compute(ctx, study, log)
+    return RunSummary(name, url, ran, len(done_trials(study)), stopped=searcher.stopped,
+                      compute=used)
+
+
+def _log_compute(ctx, study, log: Callable[[str], None]) -> float:
+    """Print what the study's trials spent, in full fine-tune equivalents, and how many
+    stopped at each rung; returns the equivalents."""
+    from collections import Counter
+
+    from searchcomp.search.rungs import RUNG, full_steps, spent_equivalents
+
+    trials = study.get_trials(deepcopy=False)
+    used = spent_equivalents(trials, full_steps(ctx))
+    stopped = Counter(int(t.user_attrs[RUNG]) for t in trials
+                      if t.state == TrialState.PRUNED and RUNG in t.user_attrs)
+    at = ", ".join(f"{k} at rung {r}" for r, k in sorted(stopped.items()))
+    log(f"compute: {used:.2f} full fine-tune equivalent(s) of {full_steps(ctx)} steps spent by "
+        f"{len(done_trials(study))} candidate(s)" + (f"; stopped early: {at}" if at else ""))
+    return used
 
 
 def _stored_base(space: Space, storage: str | None, name: str) -> dict[str, Any] | None:
@@ -138,7 +175,8 @@ def _stored_base(space: Space, storage: str | None, name: str) -> dict[str, Any]
         attrs = open_study(space, storage=storage, study_name=name, load_only=True).user_attrs
     except SearchcompError:
         return None
-    return {"metrics": attrs.get("base"), "key": attrs.get("base_key")}
+    return {"metrics": attrs.get("base"), "key": attrs.get("base_key"),
+            "int8": attrs.get("int8_scheme")}
 
 
 def _remeasure(ctx, study, lock, log: Callable[[str], None]) -> None:

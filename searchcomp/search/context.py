@@ -18,12 +18,14 @@ from torch import nn
 from searchcomp.compute import Compute, compute_for, resolve_device
 from searchcomp.compute.device import DeviceError
 from searchcomp.config import Space
+from searchcomp.config.int8 import Int8Scheme, get_scheme
 from searchcomp.data import Batches, Splits, load_splits
 from searchcomp.measure import measure
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.models import Block, check_inputs, input_shape, obtain_base, state_digest
 from searchcomp.search import shared
 from searchcomp.search.files import write_atomic
+from searchcomp.search.locks import file_lock
 from searchcomp.train import DEFAULT_COMPUTE, teacher_logits
 
 #: images whose activations drive local fits and init errors (more costs build time)
@@ -53,16 +55,31 @@ class TrialContext:
     base_key: dict[str, Any] = field(default_factory=dict)
     #: True when this process measured the base (False: the study's stored figures)
     base_measured: bool = True
+    #: onnxruntime-int8: the scheme blocks at <= 8 bits simulate and their files use
+    #: (None in float runtimes), and the record of how it was chosen
+    int8_scheme: Int8Scheme | None = None
+    int8_record: dict[str, Any] | None = None
+    #: True when this process chose the scheme (False: the study's stored choice)
+    int8_measured: bool = False
 
     @property
     def block_names(self) -> list[str]:
         """Block names in model order."""
         return [b.name for b in self.blocks]
 
+    def scheme_for(self, attrs: dict[str, Any] | None = None) -> Int8Scheme | None:
+        """The int8 scheme a trial was built with: its own record (``int8_scheme``), else the
+        study's; None in float runtimes."""
+        if self.int8_scheme is None:
+            return None
+        name = (attrs or {}).get("int8_scheme")
+        return get_scheme(name) if name else self.int8_scheme
+
     @property
     def known_base(self) -> dict[str, Any]:
-        """The base's figures and key, as :func:`prepare` accepts them back."""
-        return {"metrics": self.base_metrics, "key": self.base_key}
+        """The base's figures and key (and the int8 scheme's record), as :func:`prepare`
+        accepts them back."""
+        return {"metrics": self.base_metrics, "key": self.base_key, "int8": self.int8_record}
 
 
 def measure_device(space: Space) -> torch.device:
@@ -91,7 +108,8 @@ def measure_model(model: nn.Module, space: Space, device: torch.device,
 
 def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] = print,
             study_name: str | None = None, device: str | None = None,
-            known_base: dict[str, Any] | None = None) -> TrialContext:
+            known_base: dict[str, Any] | None = None,
+            int8_scheme: str | None = None) -> TrialContext:
     """Check every input, load data, obtain the base and measure it: the reference point.
 
     Whatever needs only the space and the architecture (files named, blocks, every choice
@@ -101,22 +119,28 @@ def prepare(space: Space, *, progress: bool = True, log: Callable[[str], None] =
     ``known_base`` (:attr:`TrialContext.known_base` of an earlier preparation, as a study
     stores it) is reused instead of measuring the base again when it describes the same base
     weights measured with the same settings: latency taken under other load must not replace
-    the study's reference.
+    the study's reference. In the ``onnxruntime-int8`` runtime the int8 scheme is
+    ``int8_scheme`` when given (e.g. the one a trial to export used), else the stored choice
+    of ``known_base`` when it was made for the same base, settings and CPU, else
+    ``measure.int8_scheme`` (``auto``: chosen here by measurement,
+    :mod:`searchcomp.search.int8_scheme`, and recorded in the study folder).
 
     Workers of one study on this machine prepare one at a time (:mod:`.shared`): the first
-    trains or loads the base, computes the teacher's logits and measures the base; the others
-    wait, then reuse the three from the files it left.
+    trains or loads the base, computes the teacher's logits, measures the base and chooses
+    the int8 scheme; the others wait, then reuse them from the files it left.
     """
     # -- shared preparation (issue 21): `held` keeps the study's preparation lock until the
     # context is ready; _prepare takes it once the inputs are checked, before any file work
     with contextlib.ExitStack() as held:
         return _prepare(space, progress=progress, log=log, study_name=study_name,
-                        device=device, known_base=known_base, held=held)
+                        device=device, known_base=known_base, held=held,
+                        int8_scheme=int8_scheme)
 
 
 def _prepare(space: Space, *, progress: bool, log: Callable[[str], None],
              study_name: str | None, device: str | None,
-             known_base: dict[str, Any] | None, held: contextlib.ExitStack) -> TrialContext:
+             known_base: dict[str, Any] | None, held: contextlib.ExitStack,
+             int8_scheme: str | None = None) -> TrialContext:
     compute = compute_for(space, device)
     mdev = measure_device(space)
     arch = check_inputs(space)
@@ -146,12 +170,59 @@ def _prepare(space: Space, *, progress: bool, log: Callable[[str], None],
         measured = True
         shared.store_figures(space, study_name, key, base_metrics)  # for the other workers
     study_dir = Path(space.studies_dir) / (study_name or space.name)
+    record, chose = None, False
+    if space.measure.runtime == "onnxruntime-int8":
+        record, chose = _int8_record(space, base.model, arch, calib, splits, base.val_accuracy,
+                                     digest, study_dir, known_base, int8_scheme, log)
     logits = None
     if space.finetune.loss == "distill":
         logits = cached_teacher_logits(base.model, splits.train, compute, digest, study_dir,
                                        log)
     return TrialContext(space, base.model, base_metrics, splits, blocks, head_name, calib,
-                        grad_batches, study_dir / "trials", compute, mdev, logits, key, measured)
+                        grad_batches, study_dir / "trials", compute, mdev, logits, key, measured,
+                        get_scheme(record["scheme"]) if record else None, record, chose)
+
+
+def _int8_record(space: Space, base: nn.Module, arch, calib: torch.Tensor, splits: Splits,
+                 accuracy: float, digest: str, study_dir: Path,
+                 known_base: dict[str, Any] | None, fixed: str | None,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any], bool]:
+    """The int8 scheme's record (see :func:`prepare`) and whether it was made here."""
+    from searchcomp.search.int8_scheme import fixed_scheme, measure_schemes, scheme_key
+
+    if fixed:
+        return {**fixed_scheme(fixed), "reason": f"{fixed}: the scheme the trial used",
+                "chosen_by": "trial"}, False
+    if space.measure.int8_scheme != "auto":
+        record = fixed_scheme(space.measure.int8_scheme)
+        log(f"int8: scheme {record['reason']}")
+        return record, False
+    import json
+
+    key = scheme_key(space, digest)
+    path = study_dir / ("int8-scheme-" + hashlib.sha256(
+        json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
+    stored = (known_base or {}).get("int8")
+    if stored and stored.get("key") == key:
+        log(f"int8: scheme {stored['reason']} (chosen earlier for this study on this CPU)")
+        return stored, False
+    study_dir.mkdir(parents=True, exist_ok=True)
+    # one worker measures; the others of the study on this machine wait and read its record
+    with file_lock(study_dir / ".int8-scheme.lock"):
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):  # a damaged file: choose again and replace it
+                stored = None
+            if stored and stored.get("key") == key:
+                log(f"int8: scheme {stored['reason']} (chosen earlier on this CPU: {path})")
+                return stored, True
+        record = measure_schemes(space, base, arch.blocks, arch.head_name, calib, splits.val,
+                                 accuracy, study_dir, log)
+        record["key"] = key
+        text = json.dumps(record, indent=1)
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text), "the int8 scheme's record")
+    return record, True
 
 
 def cached_teacher_logits(teacher: nn.Module, train: Batches, compute: Compute, digest: str,

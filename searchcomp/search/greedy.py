@@ -24,7 +24,6 @@ from torch import nn
 
 from searchcomp import choices
 from searchcomp.candidate import Recipe, build
-from searchcomp.deploy.runtime import get_runtime
 from searchcomp.errors import SearchcompError
 from searchcomp.search.runner import Searcher, recipe_params
 from searchcomp.search.states import is_finished
@@ -172,6 +171,6 @@ def load_trial_model(ctx: TrialContext, study: optuna.Study, number: int, recipe
                               "so it cannot resume: use a new --study")
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib, init=False,
                   prune_round_to=ctx.space.blocks.prune_round_to,
-                  int8=get_runtime(ctx.space.measure.runtime).int8)
+                  int8=ctx.scheme_for(t.user_attrs))
     built.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return built.model.to(ctx.compute.device).eval()

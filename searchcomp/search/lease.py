@@ -32,8 +32,10 @@ WORKER = "searchcomp:worker"
 RETRY_OF = "retry_of"
 #: times a configuration is queued again after its process died
 MAX_RETRIES = 2
-#: user attributes a re-queued trial keeps from the trial it repeats
-KEPT_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass")
+#: user attributes a re-queued trial keeps from the trial it repeats (with the rungs it
+#: finished, which it does not run again; their steps stay counted on the failed attempt)
+KEPT_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "anchor",
+              "rung_accuracy", "rung_costs")
 
 
 def worker_name() -> str:

@@ -19,7 +19,6 @@ import torch
 from searchcomp.candidate import Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import KEEP, Space
-from searchcomp.deploy.runtime import get_runtime
 from searchcomp.errors import ChoiceError
 from searchcomp.predict.assemble import Tables, open_tables
 from searchcomp.predict.sensitivity import (
@@ -104,7 +103,7 @@ def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  int8=get_runtime(space.measure.runtime).int8)
+                  int8=ctx.int8_scheme)
     steps = space.profile.steps
     if steps:
         cfg = space.finetune.model_copy(update={"steps": steps, "min_accuracy": None})
@@ -138,7 +137,9 @@ def fill_profile(ctx: TrialContext, study_name: str, *, log: Callable[[str], Non
         bar.update(1)
 
     tables = open_tables(space, ctx.base, ctx.blocks, ctx.head_name, study_name,
-                         measure_latency=True, progress=on_latency)
+                         measure_latency=True, progress=on_latency,
+                         int8_scheme=ctx.int8_scheme.name if ctx.int8_scheme else None,
+                         calib=ctx.calib)
     if bar is not None:
         bar.close()
     actx = accuracy_context(space)

@@ -40,6 +40,13 @@ class Progress:
         else:
             self.trials.write(line, file=self.stream)
 
+    def rung(self, number: int, rung: int, steps: tuple[int, ...], accuracy: float) -> None:
+        """Trial ``number`` scored ``accuracy`` at ``rung``: the bar follows its next rung."""
+        if rung + 1 < len(steps):
+            self.steps.reset(total=max(1, steps[rung + 1]))
+            self.steps.set_description(f"trial {number} rung {rung + 1} (rung {rung}: "
+                                       f"{accuracy:.3f})")
+
     def finished(self, line: str, front_size: int, counted: bool = True) -> None:
         """One trial ended: its line; the bar moves when it counts toward the budget."""
         if counted:

@@ -28,7 +28,6 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.candidate import Recipe, build
-from searchcomp.deploy.runtime import get_runtime
 from searchcomp.search.context import measure_model
 from searchcomp.search.front import pareto_front
 from searchcomp.search.lease import worker_name
@@ -75,7 +74,7 @@ def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[
     built = build(ctx.base, Recipe.from_dict(a["recipe"]), ctx.blocks, ctx.head_name, ctx.calib,
                   prune_criterion=space.finetune.prune_criterion,
                   grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=False, int8=get_runtime(space.measure.runtime).int8)
+                  init=False, int8=ctx.scheme_for(a))
     weights = Path(a.get("weights") or "")
     for p in (weights, ctx.weights_dir / weights.name):
         if weights.name and p.is_file():

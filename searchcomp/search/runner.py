@@ -29,6 +29,7 @@ from searchcomp.search.front import pareto_front
 from searchcomp.search.lease import Heartbeat, beat, fail_stale_trials, worker_name
 from searchcomp.search.locks import computing
 from searchcomp.search.progress import Progress, format_line
+from searchcomp.search.rungs import StoppedAtRung, climb, full_steps, spent_equivalents
 from searchcomp.search.samplers import space_exhausted, space_size
 from searchcomp.search.shared import CoreShare
 from searchcomp.search.states import (
@@ -178,10 +179,18 @@ class Searcher:
         try:
             trial.set_user_attr("seed", self.seed + trial.number)
             with computing(ctx.weights_dir.parent):
-                outcome = run_trial(ctx, recipe, self.seed + trial.number,
-                                    weights_name(trial.number),
-                                    on_step=self.progress.step if self.progress else None,
-                                    start=start)
+                if self.strategy == "rungs" and start is None:
+                    outcome = climb(ctx, self.study, trial, recipe, self.seed + trial.number,
+                                    weights_name(trial.number), self.progress)
+                else:
+                    outcome = run_trial(ctx, recipe, self.seed + trial.number,
+                                        weights_name(trial.number),
+                                        on_step=self.progress.step if self.progress else None,
+                                        start=start)
+        except StoppedAtRung as e:
+            trial.set_user_attr(STOPPED_REASON, str(e))
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            raise optuna.TrialPruned(str(e)) from None
         except BelowFloor as e:
             trial.set_user_attr(STOPPED_REASON, str(e))
             trial.set_user_attr("accuracy_at_check", e.accuracy)
@@ -272,12 +281,17 @@ class Searcher:
         sample_recipe(trial, self.ctx.blocks, self.ctx.space.blocks.head)
         return trial
 
-    def claim(self, n_trials: int | None = None) -> tuple[Trial | None, str]:
-        """Under the study lock: a new trial if the quota (done + running anywhere < N) and
-        the space allow one. Returns (trial, "new"), or (None, why): "done", "full" (the rest
-        runs elsewhere) or "exhausted" (every configuration is taken)."""
+    def claim(self, n_trials: int | None = None, budget: float | None = None
+              ) -> tuple[Trial | None, str]:
+        """Under the study lock: a new trial if the quota (done + running anywhere < N), the
+        compute budget (full fine-tunes' worth of steps spent, running trials' so far
+        included) and the space allow one. Returns (trial, "new"), or (None, why): "done",
+        "budget", "full" (the rest runs elsewhere) or "exhausted" (every configuration is
+        taken)."""
         with self.lock():
             trials = self.study.get_trials(deepcopy=False)
+            if budget is not None and spent_equivalents(trials, full_steps(self.ctx)) >= budget:
+                return None, "budget"
             if n_trials is not None:
                 done = sum(1 for t in trials if is_done(t))
                 if done >= n_trials:
@@ -307,10 +321,12 @@ class Searcher:
         trial, why = self.claim()
         return self.execute(trial) if trial is not None else why
 
-    def run(self, n_trials: int, timeout: float | None = None) -> int:
+    def run(self, n_trials: int, timeout: float | None = None,
+            budget: float | None = None) -> int:
         """Run trials until ``n_trials`` distinct candidates are done in the study (resuming,
-        with any number of workers), the space is exhausted, or the timeout. Returns how many
-        trials this call ran (answered duplicates and skipped slots are not runs)."""
+        with any number of workers), ``budget`` full fine-tunes' worth of steps are spent,
+        the space is exhausted, or the timeout. Returns how many trials this call ran
+        (answered duplicates and skipped slots are not runs)."""
         done = len(done_trials(self.study))
         todo = max(0, n_trials - done)
         self.stopped = None
@@ -335,8 +351,13 @@ class Searcher:
                         self.stopped = "timeout"
                         break
                     fail_stale_trials(self.study, self.heartbeat_s, log=self.log)
-                    trial, why = self.claim(n_trials)
+                    trial, why = self.claim(n_trials, budget)
                     if why == "done":
+                        break
+                    if why == "budget":
+                        self.stopped = "budget"
+                        self.log(f"the compute budget is spent: {budget:g} full fine-tune(s)' "
+                                 "worth of steps; stopping")
                         break
                     if why == "exhausted":
                         self.stopped = "exhausted"

@@ -1,5 +1,13 @@
-"""The trials every study starts with: the base (every block ``keep``) and the space's
-uniform seed configurations, queued once (idempotent under the study lock)."""
+"""The trials every study starts with: the base (every block ``keep``), the one-minute
+baselines (the *anchors*: what a practitioner tries first, every block alike) and the space's
+own uniform seed configurations, queued once (idempotent under the study lock).
+
+Anchors (``search.anchors``, on by default): every block at each allowed prune ratio, at each
+allowed bit width, every block ``separable`` when allowed, and in the ``onnxruntime-int8``
+runtime the all-8-bit base. They run at full fidelity in every strategy, are marked
+``anchor`` (the ``strategy`` and ``tag`` user attributes) and count toward the budget like
+any trial: the search's front has to beat them, not just contain the base.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,34 @@ from searchcomp.search.runner import recipe_params
 from searchcomp.search.states import is_done, is_running_search, params_key, taken_keys
 from searchcomp.search.trial import TrialContext
 
-__all__ = ["enqueue_seeds"]
+__all__ = ["anchor_recipes", "enqueue_seeds"]
+
+
+def anchor_recipes(ctx: TrialContext) -> list[tuple[str, Recipe]]:
+    """The anchors of ``ctx``'s space (see the module docstring), as (tag, recipe)."""
+    from searchcomp.candidate import uniform_recipe
+    from searchcomp.config import FLOAT_BITS, NEUTRAL
+
+    def allowed(choice: str) -> list:
+        seen: dict = {}
+        for b in ctx.blocks:
+            for v in getattr(b.choices, choice):
+                if v != NEUTRAL[choice]:
+                    seen[v] = True
+        return list(seen)
+
+    out: list[tuple[str, Recipe]] = []
+    for ratio in allowed("prune"):
+        out.append((f"anchor prune={ratio:g}", uniform_recipe(ctx.blocks, prune=ratio)))
+    bits = allowed("bits")
+    if ctx.int8_scheme is not None and 8 not in bits:
+        out.append(("anchor bits=8 (int8)", Recipe({b.name: {"bits": 8} for b in ctx.blocks})))
+    for width in bits:
+        if width != FLOAT_BITS:
+            out.append((f"anchor bits={width}", uniform_recipe(ctx.blocks, bits=width)))
+    if "separable" in allowed("conv"):
+        out.append(("anchor conv=separable", uniform_recipe(ctx.blocks, conv="separable")))
+    return out
 
 
 def _no_lock() -> contextlib.AbstractContextManager[None]:
@@ -36,6 +71,8 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
 
     head_values = ctx.space.blocks.head
     seeds: list[tuple[str, Recipe]] = [("base", Recipe())]
+    if ctx.space.search.anchors:
+        seeds += anchor_recipes(ctx)
     for cfg in ctx.space.search.seed_configs:
         cfg = dict(cfg)
         head = str(cfg.pop("head", KEEP))
@@ -58,5 +95,7 @@ def enqueue_seeds(study: optuna.Study, ctx: TrialContext,
             if key in seen or key in present:
                 continue
             seen.add(key)
-            study.enqueue_trial(params, user_attrs={"strategy": "seed", "tag": tag})
+            kind = "anchor" if tag.startswith("anchor") else "seed"
+            study.enqueue_trial(params, user_attrs={"strategy": kind, "tag": tag,
+                                                    "anchor": kind == "anchor"})
     return len(seen)

@@ -142,7 +142,8 @@ def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[s
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
     for k in ("accuracy", *INTERVAL_KEYS, "params", "size_mib", "latency_ms", "flops",
               "latency_runtime", "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
-              DUPLICATE_OF, "retry_of", CONFIRM_OF, CONFIRM_RUN, "seed"):
+              DUPLICATE_OF, "retry_of", CONFIRM_OF, CONFIRM_RUN, "seed", "anchor", "rung",
+              "rung_accuracy", "rung_costs", "finetune_steps_spent", "finetune_steps"):
         if k in a:
             row[k] = a[k]
     return row

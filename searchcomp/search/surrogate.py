@@ -107,9 +107,17 @@ class SurrogateSampler(BaseSampler):
     def observations(self, study: optuna.Study, exclude_number: int | None = None
                      ) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, set[bytes]]:
         """From the study: rows and measured metrics (with ``feasible``) of complete trials,
-        rows of trials still running, and the keys of every recipe run, running or queued."""
+        rows of trials still running, and the keys of every recipe run, running or queued.
+        Candidates the rungs strategy stopped early come as metrics with ``stopped: True``
+        and their full accuracy estimated from their rung's
+        (:func:`~searchcomp.search.rungs.full_accuracy_estimates`): the accuracy model
+        learns from them, the front does not hold them."""
+        from searchcomp.search.rungs import full_accuracy_estimates
+
         done, metrics, running, seen = [], [], [], set()
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        estimates = full_accuracy_estimates(trials)
+        for t in trials:
             if t.number == exclude_number:
                 continue
             params = t.params or t.system_attrs.get("fixed_params") or {}
@@ -125,6 +133,10 @@ class SurrogateSampler(BaseSampler):
                                 "feasible": bool(a.get("feasible", True))})
             elif t.state == TrialState.RUNNING:
                 running.append(row)
+            elif t.number in estimates:
+                done.append(row)
+                metrics.append({"accuracy": estimates[t.number], "stopped": True,
+                                "feasible": True})
         n = self.predictor.layout.n_columns
         return (np.array(done, dtype=np.int64).reshape(-1, n), metrics,
                 np.array(running, dtype=np.int64).reshape(-1, n), seen)
@@ -138,7 +150,7 @@ class SurrogateSampler(BaseSampler):
         pred.fit(done, np.array([m.get("accuracy", np.nan) for m in metrics]),
                  np.array([m.get("latency_ms", np.nan) for m in metrics]))
         ref = self.region.reference(obj, pred.base)
-        rows_m = [{**m, "i": i} for i, m in enumerate(metrics)]
+        rows_m = [{**m, "i": i} for i, m in enumerate(metrics) if not m.get("stopped")]
         front_rows = pareto_front(rows_m, obj)
         front = [[(1.0 - r[o]) if o == "accuracy" else r[o] / float(pred.base[o]) for o in obj]
                  for r in front_rows]

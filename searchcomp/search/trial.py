@@ -6,6 +6,8 @@ Optuna loop, the greedy baseline, a Ray worker).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,10 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Built, Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
-from searchcomp.deploy.runtime import get_runtime
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
@@ -46,6 +47,8 @@ class TrialOutcome:
     #: wall seconds of each phase: build (and its parts build.prune, build.replace with the
     #: inits and local fits, build.quantize), finetune, evaluate, measure, save
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    #: onnxruntime-int8: the int8 scheme its blocks at <= 8 bits simulate and its file uses
+    int8_scheme: str | None = None
 
     @property
     def feasible(self) -> bool:
@@ -79,20 +82,23 @@ def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any
 
 def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
               on_step: Callable[[int, int, float | None], None] | None = None,
-              start: tuple[nn.Module, Recipe] | None = None) -> TrialOutcome:
+              start: tuple[nn.Module, Recipe] | None = None,
+              prebuilt: tuple[Built, torch.Tensor] | None = None) -> TrialOutcome:
     """Build the candidate of ``recipe``, fine-tune it, score it on validation, save it.
 
     ``start``: (a model, the recipe it already is) to build from instead of the base, with
     its weights kept (the cumulative greedy carries each kept step's fine-tuned model on);
     only the changes ``recipe`` makes on top of it are applied. The teacher stays the base.
+    ``prebuilt``: (the candidate ``build`` made of ``recipe`` with this ``seed``, the torch RNG
+    state right after that build), to fine-tune a copy of instead of building again; the
+    outcome is the same.
 
     Raises :class:`searchcomp.train.BelowFloor` when the early-stop floor is missed,
     :class:`searchcomp.errors.ChoiceError` for an impossible combination and
     :class:`searchcomp.train.DivergedError` for a NaN loss.
     """
     space = ctx.space
-    mm = space.measure
-    int8 = get_runtime(mm.runtime).int8
+    int8 = ctx.int8_scheme  # None in float runtimes
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -103,12 +109,16 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
         clock = now
 
     torch.manual_seed(seed)
-    origin, change = (ctx.base, recipe) if start is None else (start[0],
-                                                              changes_on_top(recipe, start[1]))
-    built = build(origin, change, ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  int8=int8)
+    if prebuilt is not None:
+        built = dataclasses.replace(prebuilt[0], model=copy.deepcopy(prebuilt[0].model))
+        torch.set_rng_state(prebuilt[1])
+    else:
+        origin, change = (ctx.base, recipe) if start is None else (
+            start[0], changes_on_top(recipe, start[1]))
+        built = build(origin, change, ctx.blocks, ctx.head_name, ctx.calib,
+                      prune_criterion=space.finetune.prune_criterion,
+                      grad_batches=ctx.grad_batches,
+                      prune_round_to=space.blocks.prune_round_to, int8=int8)
     model = built.model
     lap("build")
     seconds.update({f"build.{k}": v for k, v in built.seconds.items()})
@@ -130,7 +140,8 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
     return TrialOutcome(metrics, built.init_errors,
                         {b: {c: list(v) for c, v in d.items()} for b, d in built.pruned.items()},
                         ft.steps, ft.seconds, str(weights),
-                        constraint_values(space, metrics, ctx.base_metrics), seconds)
+                        constraint_values(space, metrics, ctx.base_metrics), seconds,
+                        int8.name if int8 is not None else None)
 
 
 def changes_on_top(recipe: Recipe, start: Recipe) -> Recipe:
