@@ -143,7 +143,7 @@ def run_search(space: Space, *, trials: int | None = None, timeout_s: float | No
     if backend == "ray":
         ran = _run_on_ray(space, ctx, study, name, n, timeout, ray_options or {}, log,
                           space.search.seed if seed is None else seed, lock, device, strategy,
-                          budget)
+                          budget, url)
     else:
         ran = searcher.run(n, timeout, budget)
         _remeasure(ctx, study, lock, log)
@@ -212,7 +212,8 @@ def _attach_predictor(sampler: SurrogateSampler, ctx, name: str, target: Budget 
 
 def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | None,
                 opts: dict[str, Any], log: Callable[[str], None], seed: int, lock,
-                device: str | None) -> int:
+                device: str | None, strategy: str = "search", budget: float | None = None,
+                storage: str | None = None) -> int:
     from searchcomp.search.ray_backend import WorkerSpec, run_ray
 
     file, overrides, quick = space.load_args
@@ -222,11 +223,11 @@ def _run_on_ray(space: Space, ctx, study, name: str, n: int, timeout: float | No
         extra.append(f"data.root={Path(space.data.root).expanduser().resolve()}")
     cpus = float(opts.get("cpus_per_trial") or 1)
     spec = WorkerSpec(file, (*overrides, *extra), quick, name, seed, max(1, int(cpus)),
-                      device or space.device)
+                      device or space.device, strategy, storage)
     return run_ray(ctx, study, spec, n, address=opts.get("address"),
                    concurrency=int(opts.get("concurrency") or 2), cpus_per_trial=cpus,
                    gpus_per_trial=float(opts.get("gpus_per_trial") or 0), timeout_s=timeout,
-                   log=log, lock=lock)
+                   log=log, lock=lock, budget=budget)
 
 
 def remeasure_study(space: Space, *, storage: str | None = None, study_name: str | None = None,

@@ -34,6 +34,7 @@ from searchcomp.search.lease import (
     fail_stale_trials,
     requeue,
 )
+from searchcomp.search.rungs import StoppedAtRung, full_steps, spent_equivalents
 from searchcomp.search.runner import format_line, sample_recipe, weights_name
 from searchcomp.search.samplers import space_exhausted
 from searchcomp.search.states import is_running_search
@@ -59,6 +60,35 @@ class WorkerSpec:
     threads: int
     #: the run's device (``--device``, else the space's ``device``)
     device: str = "auto"
+    #: ``search`` or ``rungs`` (a rungs worker reads its peers from, and writes each rung's
+    #: result to, the study at ``storage``)
+    strategy: str = "search"
+    storage: str | None = None
+
+
+class _StoredTrial:
+    """The study's trial ``number`` as :func:`~searchcomp.search.rungs.climb` uses it, from a
+    worker: its attributes, and writes straight to the storage."""
+
+    def __init__(self, study: optuna.Study, number: int) -> None:
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        self.number, self.user_attrs = number, dict(frozen.user_attrs)
+        self._storage, self._id = study._storage, frozen._trial_id
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self._storage.set_trial_user_attr(self._id, key, value)
+
+
+_STUDIES: dict[WorkerSpec, optuna.Study] = {}
+
+
+def _worker_study(spec: WorkerSpec, ctx: TrialContext) -> optuna.Study:
+    if spec not in _STUDIES:
+        from searchcomp.search.study import open_study
+
+        _STUDIES[spec] = open_study(ctx.space, storage=spec.storage,
+                                    study_name=spec.study_name, load_only=True)
+    return _STUDIES[spec]
 
 
 _CONTEXTS: dict[tuple[WorkerSpec, str], TrialContext] = {}
@@ -114,9 +144,19 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec,
         out["device"] = str(ctx.compute.device)
         out["summary"] = recipe.summary(ctx.block_names)
         with computing(ctx.weights_dir.parent):
-            outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
+            if spec.strategy == "rungs":
+                from searchcomp.search.rungs import climb
+
+                study = _worker_study(spec, ctx)
+                outcome = climb(ctx, study, _StoredTrial(study, number), recipe,
+                                spec.seed + number, weights_name(number))
+            else:
+                outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
         out.update(outcome.to_attrs())
         metrics = {o: float(outcome.metrics[o]) for o in ctx.space.objectives}
+    except StoppedAtRung as e:
+        out.update({STOPPED_REASON: str(e)})
+        metrics = {}
     except BelowFloor as e:
         out.update({STOPPED_REASON: str(e), "accuracy_at_check": e.accuracy})
         metrics = {}
@@ -134,7 +174,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec,
 
 def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
                    on_row: Callable[[dict], None], lock, heartbeat: Heartbeat,
-                   log: Callable[[str], None]):
+                   log: Callable[[str], None], budget: float | None = None):
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
@@ -159,6 +199,11 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
             fail_stale_trials(study, heartbeat_s, log=log)
             with lock():
                 trials = study.get_trials(deepcopy=False)
+                if budget is not None and spent_equivalents(trials, full_steps(ctx)) >= budget:
+                    self.stopped = "budget"
+                    log(f"the compute budget is spent: {budget:g} full fine-tune(s)' worth "
+                        "of steps; stopping")
+                    return Searcher.FINISHED
                 done = sum(1 for t in trials if is_done(t))
                 running = sum(1 for t in trials if is_running_search(t))
                 if done >= n_trials:
@@ -268,9 +313,11 @@ def remeasure_task(spec: WorkerSpec, points: list[dict[str, Any]], with_base: bo
 def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: int, *,
             address: str | None = None, concurrency: int = 2, cpus_per_trial: float = 1,
             gpus_per_trial: float = 0, timeout_s: float | None = None,
-            log: Callable[[str], None] = print, lock=None) -> int:
-    """Run trials on Ray until ``n_trials`` are done in the study, then measure the front's
-    latency again as one Ray task; returns how many trials ran."""
+            log: Callable[[str], None] = print, lock=None,
+            budget: float | None = None) -> int:
+    """Run trials on Ray until ``n_trials`` are done in the study (or ``budget`` full
+    fine-tunes' worth of steps are spent), then measure the front's latency again as one Ray
+    task; returns how many trials ran."""
     try:
         import ray
         from ray import tune
@@ -315,7 +362,7 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
     with Heartbeat(study._storage, ctx.space.search.heartbeat_s) as heartbeat:
-        searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log)
+        searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log, budget)
         # an upper bound: the searcher says when the study has its N distinct candidates
         # (trials whose worker died are run again and need slots of their own)
         tuner = tune.Tuner(
