@@ -215,3 +215,37 @@ def test_two_workers_promote_asynchronously_with_no_rung_run_twice(tmp_path):
         # each rung scored once: the steps spent are exactly those of the rungs it reached
         assert a[STEPS_SPENT] == sum(plan_steps[:a[RUNG] + 1])
     assert len(workers) == 2  # both took part
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None,
+                    reason="Ray Tune not installed (pip install -e .[ray])")
+@pytest.mark.slow
+def test_rungs_on_ray_workers(tmp_path):
+    """Ray workers climb the rungs themselves: each rung's result reaches the study from the
+    worker, promotion reads the study, stopped candidates end as PRUNED."""
+    import os
+    import subprocess
+    import sys
+
+    from searchcomp.config import load_space
+    from searchcomp.search.study import open_study
+
+    from .test_reliability import _space_file
+
+    spec = _space_file(tmp_path, steps=2, trials=7)
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    r = subprocess.run([sys.executable, "-m", "searchcomp", "run", str(spec), "--backend", "ray",
+                        "--strategy", "rungs", "--set", "search.rungs.eta=2", "--concurrency",
+                        "2", "--quiet"], capture_output=True, text=True, timeout=900,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = open_study(load_space(spec, ["search.rungs.eta=2"]), load_only=True).get_trials()
+    assert len(trials) == 7
+    for t in trials:
+        a = t.user_attrs
+        assert a[RUNG_COSTS] and "0" in a[RUNG_ACCURACY]  # written by the worker
+        if t.state == TrialState.COMPLETE:
+            assert a[RUNG] == 2 and set(a[RUNG_ACCURACY]) == {"0", "1", "2"}
+        else:
+            assert t.state == TrialState.PRUNED and "stopped at rung" in a["stopped_reason"]
+    assert "compute:" in r.stderr
