@@ -73,10 +73,17 @@ class Recipe:
         """Compact one-line form, one character per block in model order for each choice
         kind, e.g. ``conv S..M prune 2..5 bits 8.48 head meta:2`` (see :func:`legend`)."""
         conv = "".join(choices.code(self.choice(b, "conv")) for b in block_names)
-        prune = "".join("." if self.choice(b, "prune") == 0 else
-                        str(min(9, round(10 * self.choice(b, "prune")))) for b in block_names)
+        prune = "".join(prune_code(self.choice(b, "prune")) for b in block_names)
         bits = "".join(BITS_CODES[self.choice(b, "bits")] for b in block_names)
         return f"conv {conv} prune {prune} bits {bits} head {self.head}"
+
+
+def prune_code(ratio: float) -> str:
+    """The summary digit of a prune ratio: tenths of the filters removed, rounded half up
+    (``round`` rounds half to even: 0.25 would show 2 and 0.75 8), at most 9; ``.`` for 0."""
+    if not ratio:
+        return "."
+    return str(min(9, math.floor(10 * float(ratio) + 0.5 + 1e-9)))
 
 
 def legend() -> str:
