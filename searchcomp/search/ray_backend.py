@@ -335,6 +335,6 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
     from searchcomp.search.remeasure import remeasure_front
 
     task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(remeasure_task)
-    remeasure_front(study, list(ctx.space.objectives),
+    remeasure_front(study, ctx.space, ctx.base_metrics,
                     lambda pts, base: ray.get(task.remote(spec, pts, base, ctx.known_base)), lock, log)
     return ran[0]
