@@ -20,6 +20,7 @@ from searchcomp.predict.predictor import Predictor
 from searchcomp.predict.sensitivity import REFERENCE, Sensitivity
 from searchcomp.search.acquisition import expected_improvement
 from searchcomp.search.front import dominated_volume, hypervolume, pareto_front
+from searchcomp.search.runner import record_prediction
 from searchcomp.search.surrogate import PREDICTED, SurrogateSampler
 
 OBJ = ["accuracy", "size_mib", "latency_ms"]
@@ -78,6 +79,7 @@ def _run(lay, table, accuracy, sampler, n):
         m["accuracy"] = accuracy(row)
         for k, v in m.items():
             trial.set_user_attr(k, v)
+        record_prediction(study, trial)  # what the search's drivers do for each trial
         return m["accuracy"], m["size_mib"], m["latency_ms"]
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

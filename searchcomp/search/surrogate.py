@@ -42,6 +42,9 @@ class SurrogateSampler(BaseSampler):
         self.objectives: list[str] = []
         self.region = Budget()
         self._params: list[str] = []
+        #: what was predicted for each trial it proposed, by trial number, until the driver
+        #: stores it on the trial (:meth:`take_prediction`)
+        self._predicted: dict[int, dict[str, Any]] = {}
 
     def attach(self, predictor: Predictor, objectives: list[str], region: Budget | None = None,
                params: list[str] | None = None) -> SurrogateSampler:
@@ -74,9 +77,15 @@ class SurrogateSampler(BaseSampler):
         row, info = self.propose(study, trial)
         if row is None:
             return {}  # every recipe has run: fall back to independent sampling
-        study._storage.set_trial_user_attr(trial._trial_id, PREDICTED, info)
+        self._predicted[trial.number] = info
         params = self._row_params(row)
         return {k: v for k, v in params.items() if k in search_space}
+
+    def take_prediction(self, number: int) -> dict[str, Any] | None:
+        """What was predicted for trial ``number`` (once; None if it proposed nothing). A
+        sampler sees frozen trials only, so the driver holding the live trial stores it as
+        the ``predicted`` user attribute (:func:`searchcomp.search.runner.record_prediction`)."""
+        return self._predicted.pop(number, None)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:

@@ -19,16 +19,23 @@ from searchcomp.candidate import Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
 from searchcomp.deploy.runtime import get_runtime
+from searchcomp.errors import ChoiceError
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
 from searchcomp.search.locks import measuring
-from searchcomp.train import evaluate, finetune
+from searchcomp.train import DivergedError, evaluate, finetune
 
-__all__ = ["CALIB_IMAGES", "METRICS", "TrialContext", "TrialOutcome", "constraint_values",
-           "prepare", "run_trial", "save_weights"]
+__all__ = ["CALIB_IMAGES", "METRICS", "TRIAL_FAILURES", "TrialContext", "TrialOutcome",
+           "constraint_values", "prepare", "run_trial", "save_weights", "with_feasibility"]
 
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
+#: what a trial may raise as its own result — a combination that cannot be built, a loss
+#: that diverged, out of memory: recorded with the reason, counted, never tried again. Any
+#: other exception is a bug: the trial is failed (not counted) and the run stops with it.
+TRIAL_FAILURES: tuple[type[BaseException], ...] = (
+    ChoiceError, DivergedError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+    MemoryError)
 
 
 @dataclass
