@@ -83,7 +83,7 @@ def test_recipe_round_trip_and_summary(setup):
     assert all(u.choice(b.name, "conv") == "separable" and u.choice(b.name, "bits") == 32
                for b in blocks)
     with pytest.raises(ChoiceError, match="unknown choices"):
-        Recipe.from_dict({"blocks": {"layer1.0": {"width": 3}}})
+        Recipe.from_dict({"blocks": {"layer1.0": {"depth": 3}}})
 
 
 def test_summary_rounds_prune_ratios_half_up(setup):

@@ -115,8 +115,8 @@ def test_latency_table_is_stored_and_reused(tmp_path):
     assert again.missing(layout) == [] and again.measure(layout) == 0
     t = again.table(layout).predict(layout.neutral_row()[None])["latency_ms"][0]
     assert np.isfinite(t) and t > 0
-    assert again.block_ms("layer1.0", "separable", 0.0, 8) == \
-        again.block_ms("layer1.0", "separable", 0.0, 32)
+    assert again.block_ms("layer1.0", {"conv": "separable", "bits": 8}) == \
+        again.block_ms("layer1.0", {"conv": "separable"})
     # another runtime setting needs its own rows
     other = load_space(space.file, ["blocks.default.prune=[0.0]", "blocks.default.bits=[32, 8]",
                                     "measure.threads=2"])

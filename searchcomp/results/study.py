@@ -118,7 +118,7 @@ class Results:
             else:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
                              f"{g['threshold']}")
-        from searchcomp.candidate import legend
+        from searchcomp.candidate import legend, used_axes
         from searchcomp.results.checks import describe_latency_check
 
         quiet = [r for r in [self.base, *self.front] if r.get("latency_quiet")]
@@ -133,7 +133,7 @@ class Results:
         check = describe_latency_check(self.latency_check)
         if check:
             lines.append(check)
-        lines.append(legend())
+        lines.append(legend(used_axes([r.get("recipe") for r in self.rows])))
         return "\n".join(lines)
 
 

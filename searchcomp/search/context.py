@@ -58,6 +58,14 @@ class TrialContext:
         return [b.name for b in self.blocks]
 
     @property
+    def axes(self) -> list[str]:
+        """The axes every summary line of this space shows (see
+        :func:`searchcomp.candidate.shown_axes`)."""
+        from searchcomp.candidate import shown_axes
+
+        return shown_axes(self.blocks)
+
+    @property
     def known_base(self) -> dict[str, Any]:
         """The base's figures and key, as :func:`prepare` accepts them back."""
         return {"metrics": self.base_metrics, "key": self.base_key}

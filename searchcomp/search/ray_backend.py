@@ -122,7 +122,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec,
         device = worker_device(spec, ray.get_gpu_ids())
         ctx = _context(spec, device, known_base)
         out["device"] = str(ctx.compute.device)
-        out["summary"] = recipe.summary(ctx.block_names)
+        out["summary"] = recipe.summary(ctx.block_names, ctx.axes)
         with computing(ctx.weights_dir.parent):
             outcome = run_trial(ctx, recipe, spec.seed + number, weights_name(number))
         out.update(outcome.to_attrs())

@@ -22,7 +22,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
 from searchcomp.candidate import Recipe
-from searchcomp.config import CHOICES, KEEP, NEUTRAL
+from searchcomp.choices import axes
+from searchcomp.config import KEEP
 from searchcomp.errors import OutputError
 from searchcomp.models import Block
 from searchcomp.search.front import pareto_front
@@ -44,7 +45,7 @@ from searchcomp.search.study import done_trials, trial_row
 from searchcomp.search.trial import TRIAL_FAILURES, TrialContext, run_trial
 from searchcomp.train import BelowFloor, total_steps
 
-__all__ = ["Progress", "Searcher", "format_line", "param_name",
+__all__ = ["Progress", "Searcher", "block_params", "format_line", "param_name",
            "recipe_params", "recipe_space", "sample_recipe", "weights_name"]
 
 #: failures that are a trial's own result (an impossible combination, a NaN loss, out of
@@ -76,25 +77,33 @@ def param_name(block: str, choice: str) -> str:
     return f"{block}/{choice}"
 
 
+def block_params(b: Block) -> list[str]:
+    """The axes that are Optuna parameters of block ``b``: every ``always`` axis (conv,
+    prune, bits: the parameters of every study so far, even with one value) and any other
+    with more than one value here."""
+    return [a.name for a in axes.all_axes() if a.always or len(b.allowed(a.name)) > 1]
+
+
 def recipe_space(blocks: list[Block], head_values: tuple[str, ...]
                  ) -> dict[str, BaseDistribution]:
     """Every Optuna parameter of a recipe with its distribution (what :func:`sample_recipe`
     suggests)."""
     space: dict[str, BaseDistribution] = {}
     for b in blocks:
-        for c in CHOICES:
-            space[param_name(b.name, c)] = CategoricalDistribution(list(getattr(b.choices, c)))
+        for c in block_params(b):
+            space[param_name(b.name, c)] = CategoricalDistribution(list(b.allowed(c)))
     space["head"] = CategoricalDistribution(list(head_values))
     return space
 
 
 def sample_recipe(trial: Trial, blocks: list[Block], head_values: tuple[str, ...]) -> Recipe:
-    """Define-by-run: one categorical parameter per block and choice, and one for the head."""
+    """Define-by-run: one categorical parameter per block and axis (see
+    :func:`block_params`), and one for the head."""
     chosen = {}
     for b in blocks:
         chosen[b.name] = {c: trial.suggest_categorical(param_name(b.name, c),
-                                                       list(getattr(b.choices, c)))
-                          for c in CHOICES}
+                                                       list(b.allowed(c)))
+                          for c in block_params(b)}
     head = trial.suggest_categorical("head", list(head_values))
     return Recipe(chosen, str(head))
 
@@ -103,16 +112,17 @@ def recipe_params(recipe: Recipe, blocks: list[Block], head_values: tuple[str, .
                   ) -> dict[str, Any]:
     """Optuna parameters that make :func:`sample_recipe` return ``recipe``.
 
-    A value a block does not allow falls back to neutral (keep / 0 / 32) when that is
+    A value a block does not allow falls back to neutral (keep / 0 / 32 / ...) when that is
     allowed, else to the block's first value.
     """
     params: dict[str, Any] = {}
     for b in blocks:
-        for c in CHOICES:
-            allowed = list(getattr(b.choices, c))
+        for c in block_params(b):
+            allowed = list(b.allowed(c))
             v = recipe.choice(b.name, c)
             if v not in allowed:
-                v = NEUTRAL[c] if NEUTRAL[c] in allowed else allowed[0]
+                neutral = axes.neutral(c)
+                v = neutral if neutral in allowed else allowed[0]
             params[param_name(b.name, c)] = v
     head = recipe.head if recipe.head in head_values else (
         KEEP if KEEP in head_values else head_values[0])
@@ -170,7 +180,7 @@ class Searcher:
         self._outcome = "ran"
         recipe = sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
         trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr("summary", recipe.summary(ctx.block_names))
+        trial.set_user_attr("summary", recipe.summary(ctx.block_names, ctx.axes))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
         start = self.start_from(trial) if self.start_from else None
         same = self._same_recipe(trial) if start is None else None

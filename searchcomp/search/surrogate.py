@@ -20,7 +20,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from searchcomp.config import CHOICES
 from searchcomp.predict.budget import COSTS, Budget
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.predictor import Predictor
@@ -53,7 +52,7 @@ class SurrogateSampler(BaseSampler):
         lay = predictor.layout
         self.predictor, self.objectives = predictor, list(objectives)
         self.region = region or Budget()
-        self._params = params or [f"{b}/{c}" for b in lay.blocks for c in CHOICES] + ["head"]
+        self._params = params or [f"{b}/{c}" for b, c in lay.columns()] + ["head"]
         return self
 
     def reseed_rng(self) -> None:
@@ -190,4 +189,4 @@ def _costs(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def layout_params(layout: Layout, param_name) -> list[str]:
     """The Optuna parameter names of a layout's columns, given the runner's ``param_name``."""
-    return [param_name(b, c) for b in layout.blocks for c in CHOICES] + ["head"]
+    return [param_name(b, c) for b, c in layout.columns()] + ["head"]

@@ -161,16 +161,16 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
 def changes_on_top(recipe: Recipe, start: Recipe) -> Recipe:
     """The changes that turn a model already built as ``start`` into ``recipe``; each must
     change a choice ``start`` left neutral (a built change cannot be undone)."""
-    from searchcomp.config import CHOICES, KEEP, NEUTRAL
-    from searchcomp.errors import ChoiceError
+    from searchcomp.choices import axes
+    from searchcomp.config import KEEP
 
     blocks: dict[str, dict] = {}
     for b in {*recipe.blocks, *start.blocks}:
-        for c in CHOICES:
+        for c in axes.names():
             want, have = recipe.choice(b, c), start.choice(b, c)
             if want == have:
                 continue
-            if have != NEUTRAL[c]:
+            if have != axes.neutral(c):
                 raise ChoiceError(f"cannot build {b} {c}={want!r} on a model that already has "
                                   f"{c}={have!r} there")
             blocks.setdefault(b, {})[c] = want
