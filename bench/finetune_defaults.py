@@ -99,8 +99,8 @@ def bench_space(path: str, overrides: list[str], quick: bool, seeds: int,
     n_val = ctx.splits.val.size
     base_row = {"accuracy": base_acc, "val_images": n_val}
     # every block's first conv replacement (separable on the ResNet and the VGG)
-    compressed = Recipe({b.name: {"conv": next(c for c in b.choices.conv if c != "keep")}
-                         for b in ctx.blocks if any(c != "keep" for c in b.choices.conv)},
+    compressed = Recipe({b.name: {"conv": next(c for c in b.allowed("conv") if c != "keep")}
+                         for b in ctx.blocks if any(c != "keep" for c in b.allowed("conv"))},
                         "keep")
     ft = space.finetune
     steps = f"{ft.steps} steps" if ft.steps else f"{ft.epochs:g} epoch(s)"

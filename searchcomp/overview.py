@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from searchcomp.candidate import shown_axes
+from searchcomp.choices import axes
 from searchcomp.config import Space
 from searchcomp.deploy.cpu import features_label
 from searchcomp.models import (
@@ -43,7 +45,10 @@ class Overview:
             "study": self.space.name,
             "model": self.space.model.arch,
             "blocks": [{"name": b.name, "family": b.family, "convs": list(b.convs),
-                        "choices": b.values(), "left_out": dict(b.dropped)}
+                        "choices": {a: list(b.allowed(a)) for a in shown_axes(self.blocks)},
+                        "left_out": dict(b.dropped),
+                        **({"stage": {a: {k: v for k, v in i.items() if k != "members"}
+                                      for a, i in b.info.items()}} if b.info else {})}
                        for b in self.blocks],
             "head": {"name": self.head_name, "choices": {"head": list(self.head_values)},
                      "candidates": list(self.heads)},
@@ -64,17 +69,18 @@ class Overview:
                  f"test {s.data.test_size} (held out); normalised with "
                  f"{_normalize_text(s)}",
                  "", f"blocks ({len(self.blocks)})"]
-        rows = [("name", "family", "convs", "conv", "prune", "bits")]
+        shown = shown_axes(self.blocks)
+        rows = [("name", "family", "convs", *shown)]
         for b in self.blocks:
-            v = b.values()
             rows.append((b.name, b.family,
                          ",".join(c[len(b.name) + 1:] or "self" for c in b.convs) or "-",
-                         " ".join(v["conv"]), " ".join(f"{r:g}" for r in v["prune"]),
-                         " ".join(map(str, v["bits"]))))
+                         *(" ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                                    for v in b.allowed(a)) for a in shown)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines += _left_out(self.blocks)
+        lines += _stages(self.blocks)
         lines += [f"head   {self.head_name}: {' '.join(self.head_values)}",
                   f"       candidates: {', '.join(self.heads)}",
                   f"space  {self.space_size:,} candidates ({self.space_size:.3g})", ""]
@@ -125,8 +131,22 @@ def _left_out(blocks: list[Block]) -> list[str]:
             by_value.setdefault(value, []).append(b)
     lines = []
     for value, bs in by_value.items():
-        names = ", ".join(b.name for b in bs[:4]) + (f" (+{len(bs) - 4})" if len(bs) > 4 else "")
+        names = ("every block" if len(bs) == len(blocks) and len(bs) > 1 else
+                 ", ".join(b.name for b in bs[:4]) + (f" (+{len(bs) - 4})" if len(bs) > 4
+                                                      else ""))
         lines.append(f"  left out: {value} on {names}: {bs[0].dropped[value]}")
+    return lines
+
+
+def _stages(blocks: list[Block]) -> list[str]:
+    """One line per stage a stage-wide axis found: its blocks, set on the first."""
+    lines = []
+    for b in blocks:
+        for a in axes.all_axes():
+            info = b.info.get(a.name)
+            if a.scope == "stage" and info and len(b.allowed(a.name)) > 1:
+                lines.append(f"  stage of {b.name} ({a.name}): {info['channels']} channels "
+                             f"shared by {', '.join(info['blocks'])}; root {info['root']}")
     return lines
 
 

@@ -24,7 +24,7 @@ def test_resnet18_blocks_and_convs(tmp_path):
     assert [b.name for b in blocks] == [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)]
     assert blocks[0].convs == ("layer1.0.conv1", "layer1.0.conv2")
     assert blocks[0].values() == {"conv": ["keep", "separable", "meta:4"], "prune": [0.0, 0.5],
-                                  "bits": [32, 8]}
+                                  "bits": [32, 8], "width": [0.0]}  # width: none given
     assert find_head(m, s)[0] == "fc"
     assert space_size(blocks, s.blocks.head) == (3 * 2 * 2) ** 8 * 2
 
@@ -81,8 +81,16 @@ def test_conv_choices_are_checked_against_pruned_shapes(tmp_path):
     # D/s = 32 <= C, which fails once 0.75 of conv1's 64 filters are gone (C = 16)
     text = TINY_SPACE.replace("conv: [keep, separable, meta:4]", "conv: [keep, conv3d:2]")
     s = _space(tmp_path, text.replace("prune: [0.0, 0.5]", "prune: [0.0, 0.75]"))
+    blocks = find_blocks(build_model(s.model), s)  # a default: left out where it cannot apply
+    why = blocks[0].dropped["conv3d:2"]
+    assert why.startswith("conv3d:2 cannot apply to layer1.0.conv2 when the block is pruned "
+                          "by 0.75")
+    assert blocks[0].values()["conv"] == ["keep"]
+    per = _space(tmp_path, text.replace("prune: [0.0, 0.5]", "prune: [0.0, 0.75]").replace(
+        "  head:", "  per_block:\n    layer1.0: {conv: [keep, conv3d:2]}\n  head:"))
     with pytest.raises(SpaceError, match=r"conv3d:2 cannot apply to layer1.0.conv2 when the "
-                                         r"block is pruned by 0.75"):
-        find_blocks(build_model(s.model), s)
+                                         r"block is pruned by 0.75") as e:
+        find_blocks(build_model(per.model), per)  # asked for on that block: refused
+    assert e.value.field == "blocks.per_block.layer1.0.conv"
     ok = _space(tmp_path, text)  # at 0.5, C = 32 = D/s: fine
-    assert len(find_blocks(build_model(ok.model), ok)) == 8
+    assert all("conv3d:2" in b.values()["conv"] for b in find_blocks(build_model(ok.model), ok))

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution
 
 from searchcomp.candidate import Recipe
 from searchcomp.cli import main
-from searchcomp.config import CHOICES, load_space
+from searchcomp.config import load_space
 from searchcomp.models import build_model, find_blocks, find_head, input_shape
 from searchcomp.predict.budget import Budget
 from searchcomp.predict.costs import ShapeCosts
@@ -21,7 +21,7 @@ from searchcomp.predict.layout import Layout
 from searchcomp.predict.sensitivity import SECTION, accuracy_context, row_key, wanted_rows
 from searchcomp.predict.store import ProfileStore
 from searchcomp.results.budget import answer_budget
-from searchcomp.search.runner import recipe_params
+from searchcomp.search.runner import block_params, recipe_params
 from searchcomp.search.study import open_study
 
 from .test_profile import _space_file
@@ -48,8 +48,8 @@ def fixture_study(tmp_path):
         (Recipe({"layer1.0": {"prune": 0.5, "bits": 8}, "layer1.1": {"bits": 8}}), 0.77, 8.5),
         (Recipe({"layer1.1": {"prune": 0.5}}), 0.76, 9.5),
     ]
-    dist = {f"{b.name}/{c}": CategoricalDistribution(list(getattr(b.choices, c)))
-            for b in blocks for c in CHOICES} | {
+    dist = {f"{b.name}/{c}": CategoricalDistribution(list(b.allowed(c)))
+            for b in blocks for c in block_params(b)} | {
         "head": CategoricalDistribution(list(space.blocks.head))}
     for recipe, acc, lat in recipes:
         m = {**costs.exact(recipe), "accuracy": acc, "latency_ms": lat}

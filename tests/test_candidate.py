@@ -83,7 +83,16 @@ def test_recipe_round_trip_and_summary(setup):
     assert all(u.choice(b.name, "conv") == "separable" and u.choice(b.name, "bits") == 32
                for b in blocks)
     with pytest.raises(ChoiceError, match="unknown choices"):
-        Recipe.from_dict({"blocks": {"layer1.0": {"width": 3}}})
+        Recipe.from_dict({"blocks": {"layer1.0": {"depth": 3}}})
+
+
+def test_summary_rounds_prune_ratios_half_up(setup):
+    # round() rounds half to even: 0.25 showed "2" while 0.75 showed "8"
+    r = Recipe({"layer1.0": {"prune": 0.25}, "layer1.1": {"prune": 0.75},
+                "layer2.0": {"prune": 0.35}, "layer2.1": {"prune": 0.05},
+                "layer3.0": {"prune": 0.5}, "layer3.1": {"prune": 0.95}})
+    names = [b.name for b in setup[2]]
+    assert " prune 384159.. " in r.summary(names)
 
 
 def test_pruning_rounds_for_grouped_replacement(setup):

@@ -112,10 +112,38 @@ def test_latency_table_is_stored_and_reused(tmp_path):
     assert again.missing(layout) == [] and again.measure(layout) == 0
     t = again.table(layout).predict(layout.neutral_row()[None])["latency_ms"][0]
     assert np.isfinite(t) and t > 0
-    assert again.block_ms("layer1.0", "separable", 0.0, 8) == \
-        again.block_ms("layer1.0", "separable", 0.0, 32)
+    assert again.block_ms("layer1.0", {"conv": "separable", "bits": 8}) == \
+        again.block_ms("layer1.0", {"conv": "separable"})
     # another runtime setting needs its own rows
     other = load_space(space.file, ["blocks.default.prune=[0.0]", "blocks.default.bits=[32, 8]",
                                     "measure.threads=2"])
     t2 = LatencyTable(costs, base, other.measure, ProfileStore(tmp_path / "p.json"))
     assert len(t2.missing(layout)) == 19
+
+
+def test_plain_cnn_costs_follow_pruning_into_the_next_block_and_the_classifier(tmp_path):
+    # a plain CNN: pruning a conv resizes its BN (outside the block), the next block's conv
+    # and the Linear after the flatten (H * W inputs per channel); the old per-block shells
+    # raised "resizes Linear classifier.0, which has no shape-only form" here
+    p = tmp_path / "s.yaml"
+    p.write_text(ALL.format(arch='"examples.vgg.model:vgg_style"', size=16,
+                            conv="keep, separable, meta:4", round_to=1,
+                            studies=tmp_path / "studies")
+                 .replace("image_size: 16}", "image_size: 16, kwargs: {width: 8, hidden: 32}}")
+                 .replace("  head: [keep, meta:2]", "  head: [keep, meta:2]\n"
+                          "  head_module: classifier.0"))
+    space = load_space(p)
+    base = build_model(space.model).eval()
+    blocks = find_blocks(base, space)
+    head, _ = find_head(base, space, blocks)
+    shape = input_shape(space.model)
+    costs = ShapeCosts(base, blocks, head, shape)
+    layout = Layout.from_blocks(blocks, space.blocks.head)
+    table = costs.table(layout)
+    for row in layout.random_rows(np.random.default_rng(5), 6):
+        recipe = Recipe.from_dict(layout.decode(row))
+        built, real = _real(base, recipe, blocks, head, shape)
+        assert costs.resized(recipe) == built.resized
+        pred = {k: float(v[0]) for k, v in table.predict(row[None]).items()}
+        assert pred["params"] == real["params"] and pred["flops"] == real["flops"]
+        assert pred["size_mib"] == pytest.approx(real["size_mib"], rel=0.05)

@@ -103,11 +103,13 @@ def test_a_checkpoint_that_does_not_fit_is_refused_by_inspect(tmp_path, capsys):
 
 def test_a_choice_that_cannot_apply_is_refused_before_the_base_trains(tmp_path, capsys):
     # meta:3 cannot split 64 channels: found on fresh weights, before data, base or study
-    text = TINY_SPACE.replace("    conv: [keep, separable, meta:4]", "    conv: [keep, meta:3]")
+    # (asked for on the blocks by name; a default that cannot apply is only left out)
+    text = TINY_SPACE.replace("  head:", "  per_block:\n    'layer1.*': {conv: [keep, meta:3]}\n"
+                              "  head:")
     p = _write(tmp_path, text)
     assert main(["run", str(p), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {p}:{_line(text, 'meta:3')}: blocks.default.conv:")
+    assert err.startswith(f"error: {p}:{_line(text, 'meta:3')}: blocks.per_block.layer1.*.conv:")
     assert "meta:3 cannot apply" in err and "base:" not in err
     assert not (tmp_path / "studies").exists(), "nothing may be trained or written"
 

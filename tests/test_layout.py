@@ -147,6 +147,24 @@ def test_no_module_but_its_own_names_a_choice():
     assert not found, "choice names outside their own module:\n" + "\n".join(found)
 
 
+def test_no_module_but_its_own_names_an_added_axis():
+    """A new choice axis is one file: ``width`` (an axis beyond the built-in conv, prune and
+    bits, which the build order and the deployment code know by name) appears in no other
+    module of the package; everything else iterates over the registry."""
+    from searchcomp.choices import axes
+
+    added = [a for a in axes.all_axes() if not a.always]
+    assert "width" in {a.name for a in added}
+    found = []
+    for a in added:
+        own = Path(sys.modules[type(a).__module__].__file__)
+        for path in sorted(PACKAGE.rglob("*.py")):
+            if path != own:
+                found += [f"{path.relative_to(ROOT)}:{line} {v!r}"
+                          for v, line in _string_constants(path) if v == a.name]
+    assert not found, "axis names outside their own module:\n" + "\n".join(found)
+
+
 @pytest.mark.parametrize("limit", [400])
 def test_modules_stay_short(limit):
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")

@@ -25,6 +25,8 @@ from optuna.trial import TrialState
 from searchcomp.cli import main
 from searchcomp.config import load_space
 from searchcomp.search.api import run_search
+from searchcomp.search.states import fail_reason
+from searchcomp.search.storage import storage_of, trial_id
 from searchcomp.search.study import done_trials, open_study
 
 from .conftest import ROOT
@@ -228,7 +230,8 @@ def test_workers_finishing_last_wait_without_placeholders(tmp_path):
 
     def beat():
         while not waiting.is_set():
-            study._storage.set_trial_system_attr(ghost._trial_id, HEARTBEAT, time.time())
+            storage_of(study).set_trial_system_attr(trial_id(study, ghost.number), HEARTBEAT,
+                                                    time.time())
             waiting.wait(0.2)
 
     beater = threading.Thread(target=beat)
@@ -247,7 +250,7 @@ def test_workers_finishing_last_wait_without_placeholders(tmp_path):
         beater.join()
     assert summary.done == 3
     trials = open_study(space, load_only=True).get_trials()
-    assert "no heartbeat since" in trials[ghost.number].user_attrs["fail_reason"]
+    assert "no heartbeat since" in fail_reason(trials[ghost.number])
     assert len(trials) == 4  # the 2 done, the ghost, one new trial: no placeholder
     assert any("waiting for trial(s) [2]" in m for m in lines), lines
 
@@ -274,7 +277,7 @@ def test_driver_killed_during_a_trial_then_rerun(tmp_path):
     done = _assert_exact(study, 4)
     stale = study.trials[killed]
     assert stale.state == TrialState.FAIL and "counted" not in stale.user_attrs
-    assert "no heartbeat since" in stale.user_attrs["fail_reason"]
+    assert "no heartbeat since" in fail_reason(stale)
     assert f"trial {killed}: no heartbeat since" in r.stderr
     retry = next(t for t in done if t.user_attrs.get("retry_of") == killed)
     assert _key(retry) == _key(stale)  # the killed candidate was run again
@@ -488,7 +491,7 @@ def test_ray_worker_killed_mid_trial_then_driver_killed_then_rerun_without_ray(t
     s = study()
     _assert_exact(s, 3)
     for n in running:
-        assert "no heartbeat since" in s.trials[n].user_attrs["fail_reason"]
+        assert "no heartbeat since" in fail_reason(s.trials[n])
     assert not [t for t in s.get_trials() if t.state == TrialState.PRUNED]  # no placeholder
 
 

@@ -46,11 +46,8 @@ def _write(tmp_path: Path, text: str) -> Path:
     (("  batch_size: 50", "  batch_size: 50\n  trian_size: 3"), "data.trian_size", "trian_size",
      "did you mean 'train_size'"),
     (("  batch_size: 50", "  batch_size: many"), "data.batch_size", "batch_size", "valid integer"),
-    (("    prune: [0.0, 0.5]", "    prune: [0.0, 1.2]"), "blocks.default.prune", "prune:",
-     "must be in [0, 1)"),
-    (("    bits: [32, 8]", "    bits: [32, 3]"), "blocks.default.bits", "bits:", "not supported"),
-    (("    conv: [keep, separable, meta:4]", "    conv: [keep, 'meta:x']"),
-     "blocks.default.conv", "conv:", "must be 'name' or 'name:N'"),
+    (("    bits: [32, 8]", "    bits: [32, 8, 8]"), "blocks.default", "default:",
+     "bits: values repeat"),
     (("  head: [keep, meta:2]", "  head: [keep, 'keep:2']"), "blocks.head", "head:",
      "'keep' takes no argument"),
     (("  dataset: digits", "  dataset: imagenet"), "data.dataset", "dataset:", "unknown dataset"),
@@ -70,6 +67,13 @@ def test_bad_fields_name_file_field_and_line(tmp_path, patch, field, line, words
 
 
 @pytest.mark.parametrize("patch, field, line, words", [
+    (("    prune: [0.0, 0.5]", "    prune: [0.0, 1.2]"), "blocks.default.prune", "prune:",
+     "must be in [0, 1)"),
+    (("    bits: [32, 8]", "    bits: [32, 3]"), "blocks.default.bits", "bits:", "not supported"),
+    (("    conv: [keep, separable, meta:4]", "    conv: [keep, 'meta:x']"),
+     "blocks.default.conv", "conv:", "must be 'name' or 'name:N'"),
+    (("    bits: [32, 8]", "    bitz: [32, 8]"), "blocks.default.bitz", "bitz:",
+     "unknown choice axis 'bitz'; did you mean 'bits'"),
     (("    conv: [keep, separable, meta:4]", "    conv: [keep, sepparable]"),
      "blocks.default.conv", "conv:", "unknown conv choice 'sepparable'"),
     (("    conv: [keep, separable, meta:4]", "    conv: [keep, meta]"),
@@ -117,7 +121,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
     p = _write(tmp_path, TINY_SPACE)
     s = load_space(p, ["data.train_size=200", "blocks.default.bits=[32, 4]"])
     assert s.data.train_size == 200
-    assert s.blocks.default.bits == (32, 4)
+    assert s.blocks.default.get("bits") == (32, 4)
     with pytest.raises(SpaceError) as e:
         load_space(p, ["data.train_size=-1"])
     assert e.value.file == "--set" and e.value.field == "data.train_size"
@@ -129,7 +133,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
 
 def test_scalar_choice_becomes_a_list(tmp_path):
     p = _write(tmp_path, TINY_SPACE.replace("    bits: [32, 8]", "    bits: 8"))
-    assert load_space(p).blocks.default.bits == (8,)
+    assert load_space(p).blocks.default.get("bits") == (8,)
 
 
 def test_line_of_nested_fields(tmp_path):
@@ -144,9 +148,9 @@ def test_line_of_nested_fields(tmp_path):
 
 @pytest.mark.parametrize("patch, words", [
     (("  default:", "  select: 'foo.*'\n  default:"), "glob 'foo.*' matches no module"),
-    (("    conv: [keep, separable, meta:4]", "    conv: [keep, meta:3]"),
+    (("  default:", "  per_block:\n    'layer1.*': {conv: [keep, meta:3]}\n  default:"),
      "meta:3 cannot apply to layer1.0.conv1"),
-    (("    conv: [keep, separable, meta:4]", "    conv: [keep, conv3d:5]"),
+    (("  default:", "  per_block:\n    'layer2.*': {conv: [keep, conv3d:5]}\n  default:"),
      "conv3d:5 cannot apply"),
     (("  head: [keep, meta:2]", "  head: [keep, meta:3]"), "meta:3 cannot apply to fc"),
     (("  default:", "  per_block:\n    'layer9.*': {bits: [8]}\n  default:"),
@@ -162,8 +166,8 @@ def test_cli_model_checks_exit_2_with_one_line(tmp_path, capsys, patch, words):
 
 
 def test_cli_model_check_in_a_real_process_has_no_traceback(tmp_path):
-    p = _write(tmp_path, TINY_SPACE.replace("    conv: [keep, separable, meta:4]",
-                                            "    conv: [keep, meta:3]"))
+    p = _write(tmp_path, TINY_SPACE.replace(
+        "  default:", "  per_block:\n    'layer1.*': {conv: [keep, meta:3]}\n  default:"))
     r = subprocess.run([sys.executable, "-m", "searchcomp", "inspect", str(p)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr

@@ -10,18 +10,19 @@ import numpy as np
 import optuna
 import pytest
 
-from searchcomp.config import CHOICES
 from searchcomp.errors import SearchcompError
 from searchcomp.predict.accuracy import AccuracyModel
 from searchcomp.predict.budget import Budget
-from searchcomp.predict.costs import CostTable
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.predictor import Predictor
 from searchcomp.predict.sensitivity import REFERENCE, Sensitivity
+from searchcomp.predict.table import CostTable, Factor
 from searchcomp.search.acquisition import expected_improvement
 from searchcomp.search.front import dominated_volume, hypervolume, pareto_front
+from searchcomp.search.runner import record_prediction
 from searchcomp.search.surrogate import PREDICTED, SurrogateSampler
 
+CHOICES = ("conv", "prune", "bits")  # the three built-in axes this made-up space has
 OBJ = ["accuracy", "size_mib", "latency_ms"]
 
 
@@ -30,7 +31,7 @@ def _problem(n_blocks: int, conv=("keep", "a", "b"), prune=(0.0, 0.5), bits=(32,
     sensitivity table that is off by 30 % and noisy, as a short recovery would be."""
     rng = np.random.default_rng(seed)
     lay = Layout(tuple(f"b{i}" for i in range(n_blocks)),
-                 tuple((conv, prune, bits) for _ in range(n_blocks)), ("keep", "h"))
+                 tuple((conv, prune, bits) for _ in range(n_blocks)), ("keep", "h"), CHOICES)
     true, blocks = {}, []
     for i, b in enumerate(lay.blocks):
         for k, c in enumerate(CHOICES):
@@ -46,8 +47,10 @@ def _problem(n_blocks: int, conv=("keep", "a", "b"), prune=(0.0, 0.5), bits=(32,
         blocks.append({"size_mib": size, "latency_ms": lat})
     total = sum(1.0 + i for i in range(n_blocks)) + 1
     base = {"accuracy": 0.9, "size_mib": total, "latency_ms": total}
-    table = CostTable(lay, {"size_mib": total, "latency_ms": total}, blocks,
-                      {"size_mib": np.array([0.0, -0.5]), "latency_ms": np.zeros(2)})
+    table = CostTable(lay, {"size_mib": total, "latency_ms": total},
+                      [Factor((3 * i, 3 * i + 1, 3 * i + 2), arr) for i, arr in enumerate(blocks)]
+                      + [Factor((lay.n_columns - 1,), {"size_mib": np.array([0.0, -0.5]),
+                                                      "latency_ms": np.zeros(2)})])
 
     def accuracy(row) -> float:
         d = sum(true[b, c][row[3 * i + k]] for i, b in enumerate(lay.blocks)
@@ -78,6 +81,7 @@ def _run(lay, table, accuracy, sampler, n):
         m["accuracy"] = accuracy(row)
         for k, v in m.items():
             trial.set_user_attr(k, v)
+        record_prediction(study, trial)  # what the search's drivers do for each trial
         return m["accuracy"], m["size_mib"], m["latency_ms"]
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

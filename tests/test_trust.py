@@ -117,8 +117,9 @@ def test_hypervolume_interval_from_repeated_runs():
 def test_confirmation_trials_are_linked_and_not_counted():
     from searchcomp.search.confirm import _create, confirm_seed, missing_runs
     from searchcomp.search.states import CONFIRM_OF, is_done, is_repeat, is_running_search
+    from searchcomp.search.storage import study_on
 
-    study = optuna.create_study(directions=["maximize"])
+    study = study_on(optuna.storages.InMemoryStorage(), directions=["maximize"])
     dist = {"layer1/conv": CategoricalDistribution(["keep", "separable"])}
     study.add_trial(create_trial(params={"layer1/conv": "separable"}, distributions=dist,
                                  values=[0.8], user_attrs={"accuracy": 0.8, "seed": 7}))

@@ -50,3 +50,33 @@ def blobs(root: str, n_train: int = 60, n_test: int = 20, scale: float = 1.0,
 def not_datasets():
     """A broken dataset factory."""
     return 3, 4
+
+
+def tiny_densenet(num_classes: int = 10, in_channels: int = 1):
+    """torchvision's DenseNet, two dense blocks of two layers (the family of DenseNet-121)."""
+    from torchvision.models import DenseNet
+
+    m = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                 num_classes=num_classes)
+    m.features.conv0 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+    return m
+
+
+def tiny_regnet(num_classes: int = 10, in_channels: int = 1):
+    """torchvision's RegNet with two narrow stages (the family of RegNet-X/Y)."""
+    from torchvision.models.regnet import BlockParams, RegNet
+
+    params = BlockParams.from_init_params(depth=3, w_0=16, w_a=8.0, w_m=2.0, group_width=8)
+    m = RegNet(params, num_classes=num_classes, stem_width=16)
+    m.stem[0] = nn.Conv2d(in_channels, 16, 3, stride=2, padding=1, bias=False)
+    return m
+
+
+def tiny_mobilenet(num_classes: int = 10, in_channels: int = 1):
+    """torchvision's MobileNetV2 with three inverted residuals (one residual add)."""
+    from torchvision.models import MobileNetV2
+
+    m = MobileNetV2(num_classes=num_classes,
+                    inverted_residual_setting=[[1, 8, 1, 1], [4, 16, 2, 2]])
+    m.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride=1, padding=1, bias=False)
+    return m

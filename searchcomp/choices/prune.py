@@ -18,157 +18,19 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import parametrize
-from torch_pruning.ops import OPTYPE
 
+from searchcomp.choices.coupling import (  # noqa: F401 - re-exported: what pruning starts from
+    _build_graph,
+    _group_is_private,
+    _objects,
+    _prunable,
+    members,
+    prune_groups,
+    prune_map,
+)
 from searchcomp.choices.importance import l1_importance, taylor_importance
 
 CRITERIA = ("l1", "taylor")
-
-
-def _build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise ValueError("prune before quantizing: the model has parametrized (quantized) "
-                         "weights, which torch-pruning cannot slice")
-    was_training = model.training
-    model.eval()  # tracing in eval mode keeps BN running stats unchanged
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                     verbose=False)
-    finally:
-        model.train(was_training)
-
-
-# Layer kinds torch-pruning slices exactly along the channel dim; a group touching anything
-# else (Conv3d, grouped convs, GroupNorm/LayerNorm, bare Parameters, ...) may be mis-sliced,
-# e.g. the channel-as-depth Conv3d or the grouped conv + Meta mixer.
-_SAFE_TYPES = {OPTYPE.CONV, OPTYPE.DEPTHWISE_CONV, OPTYPE.BN, OPTYPE.PRELU, OPTYPE.ELEMENTWISE,
-               OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.LINEAR, OPTYPE.RESHAPE}
-# per-channel layers: they may lose channels wherever they are (they only pass them on)
-_PASS_ON = {OPTYPE.BN, OPTYPE.PRELU, OPTYPE.ELEMENTWISE, OPTYPE.DEPTHWISE_CONV}
-
-
-def _node_is_safe(node: Any) -> bool:
-    if node.type not in _SAFE_TYPES:
-        return False
-    m = node.module
-    if node.type == OPTYPE.CONV:
-        return isinstance(m, nn.Conv2d) and m.groups == 1
-    if node.type == OPTYPE.DEPTHWISE_CONV:
-        return isinstance(m, nn.Conv2d)
-    if node.type == OPTYPE.RESHAPE:  # only the flatten in front of a classifier Linear
-        return bool(node.outputs) and all(o.type == OPTYPE.LINEAR for o in node.outputs)
-    return True
-
-
-def _group_is_safe(dg: tp.DependencyGraph, group: Any, inside: set[int],
-                   model_objs: set[int]) -> bool:
-    """True if every layer the group touches is one torch-pruning slices exactly, no conv or
-    linear outside ``inside`` loses output channels (only inputs), and no pruned output
-    reaches the model output."""
-    for dep, _ in group:
-        if not (_node_is_safe(dep.source) and _node_is_safe(dep.target)):
-            return False
-        if dg.is_out_channel_pruning_fn(dep.handler):
-            node = dep.target
-            if not node.outputs:
-                return False  # the pruned channels are (part of) the model output
-            obj = id(node.module)
-            if obj in model_objs and obj not in inside and node.type not in _PASS_ON:
-                return False  # coupled to another layer's outputs: a residual add or concat
-    return True
-
-
-def _group_is_private(group: Any, inside: set[int], model_objs: set[int]) -> bool:
-    """True if every real layer the group changes is inside the block (its output shape
-    stays as it was)."""
-    return all(id(node.module) not in model_objs or id(node.module) in inside
-               for dep, _ in group for node in (dep.source, dep.target))
-
-
-def _prunable(dg: tp.DependencyGraph, model: nn.Module, block: nn.Module) -> list[nn.Conv2d]:
-    inside, model_objs = _objects(model, block)
-    out = []
-    for conv in block.modules():
-        if not isinstance(conv, nn.Conv2d) or conv not in dg.module2node:
-            continue
-        group = dg.get_pruning_group(conv, tp.prune_conv_out_channels,
-                                     idxs=list(range(conv.out_channels)))
-        if _group_is_safe(dg, group, inside, model_objs):
-            out.append(conv)
-    return out
-
-
-def _objects(model: nn.Module, block: nn.Module) -> tuple[set[int], set[int]]:
-    inside = {id(m) for m in block.modules()} | {id(p) for p in block.parameters()}
-    model_objs = {id(m) for m in model.modules()} | {id(p) for p in model.parameters()}
-    return inside, model_objs
-
-
-def prune_map(model: nn.Module, blocks: dict[str, nn.Module], example_inputs: Any
-              ) -> dict[str, dict[str, list[str]]]:
-    """Per block: each prunable conv (full name) -> the convs and linears whose inputs
-    shrink with it (inside the block or, in a plain CNN, the next layer outside it). A conv
-    that loses its channels in an earlier conv's group (the depthwise conv after an
-    expansion) is part of that entry, not one of its own.
-
-    One dependency graph for all blocks; used to check choices before any trial runs.
-    """
-    dg = _build_graph(model, example_inputs)
-    names = {id(m): n for n, m in model.named_modules()}
-    out: dict[str, dict[str, list[str]]] = {}
-    for bname, block in blocks.items():
-        entry: dict[str, list[str]] = {}
-        coupled: set[int] = set()  # convs that lose channels in an earlier conv's group
-        for conv in _prunable(dg, model, block):
-            if id(conv) in coupled:
-                continue  # e.g. the depthwise conv after an expansion: the same channels
-            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
-            shrunk = {id(dep.target.module) for dep, _ in group
-                      if dg.is_out_channel_pruning_fn(dep.handler)}
-            coupled |= shrunk
-            entry[names[id(conv)]] = [
-                names[id(dep.target.module)] for dep, _ in group
-                if dg.is_in_channel_pruning_fn(dep.handler)
-                and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
-                and id(dep.target.module) in names and id(dep.target.module) not in shrunk]
-        out[bname] = entry
-    return out
-
-
-def prune_groups(model: nn.Module, blocks: dict[str, nn.Module], example_inputs: Any
-                 ) -> dict[str, list[tuple[str, list[tuple[str, str]]]]]:
-    """Per block, in pruning order: each prunable conv (full name) and every layer its pruning
-    group resizes, as ``(name, kind)`` with kind ``out`` / ``in`` (a conv's output or input
-    channels), ``depthwise`` (a depthwise conv's channels and groups) or ``features`` (a
-    BatchNorm). With :func:`n_remove` this gives the shapes :func:`prune_blocks` leaves
-    without pruning anything (shape-only costs)."""
-    dg = _build_graph(model, example_inputs)
-    names = {id(m): n for n, m in model.named_modules()}
-    out: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {}
-    for bname, block in blocks.items():
-        entry = []
-        for conv in _prunable(dg, model, block):
-            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
-            members: dict[str, str] = {}
-            for dep, _ in group:
-                m = dep.target.module
-                if id(m) not in names or not any(True for _ in m.parameters(recurse=False)):
-                    continue  # activations, adds: no shape of their own
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    kind = "features"
-                elif isinstance(m, nn.Conv2d) and dep.target.type == OPTYPE.DEPTHWISE_CONV:
-                    kind = "depthwise"
-                elif isinstance(m, nn.Conv2d):
-                    kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
-                else:
-                    raise ValueError(f"pruning {names[id(conv)]} resizes "
-                                     f"{type(m).__name__} {names[id(m)]}, which has no "
-                                     "shape-only form")
-                members.setdefault(names[id(m)], kind)
-            entry.append((names[id(conv)], list(members.items())))
-        out[bname] = entry
-    return out
 
 
 def prunable_convs(model: nn.Module, block: nn.Module, example_inputs: Any) -> list[nn.Conv2d]:

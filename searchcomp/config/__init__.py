@@ -8,13 +8,11 @@ the model is built, and point at the same file and line.
 from searchcomp.config.devices import DEVICES, PRECISIONS, check_device
 from searchcomp.config.loader import load_space, parse_override
 from searchcomp.config.schema import (
-    CHOICES,
     DATASETS,
     FLOAT_BITS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     KEEP,
-    NEUTRAL,
     OBJECTIVES,
     SAMPLERS,
     SUPPORTED_BITS,
@@ -34,8 +32,8 @@ from searchcomp.config.schema import (
     split_value,
 )
 
-__all__ = ["CHOICES", "DATASETS", "DEVICES", "FLOAT_BITS", "IMAGENET_MEAN", "IMAGENET_STD",
-           "KEEP", "NEUTRAL", "OBJECTIVES", "PRECISIONS", "SAMPLERS", "SUPPORTED_BITS",
+__all__ = ["DATASETS", "DEVICES", "FLOAT_BITS", "IMAGENET_MEAN", "IMAGENET_STD",
+           "KEEP", "OBJECTIVES", "PRECISIONS", "SAMPLERS", "SUPPORTED_BITS",
            "BaseSourceConfig", "BlocksConfig", "ChoiceSet", "ConstraintsConfig", "DataConfig",
            "DistillConfig", "FinetuneConfig", "MeasureConfig", "ModelConfig", "NormalizeStats",
            "ProfileConfig", "SearchConfig", "Space", "check_device", "load_space",

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from searchcomp.config.base import Strict as _Strict
 from searchcomp.config.base import field_error as _field_error
@@ -37,10 +37,8 @@ SUPPORTED_BITS = (2, 4, 6, 8, 16, 32)
 FLOAT_BITS = 32
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "size_mib": "minimize",
               "latency_ms": "minimize", "flops": "minimize"}
-#: the per-block choice kinds, and the value of each that leaves a block as it is
-CHOICES = ("conv", "prune", "bits")
+#: the conv and head choice that leaves a layer as it is
 KEEP = "keep"
-NEUTRAL = {"conv": KEEP, "prune": 0.0, "bits": FLOAT_BITS}
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "surrogate")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _VALUE = re.compile(r"^[A-Za-z_]\w*(:-?\d+)?$")
@@ -61,59 +59,50 @@ def split_value(value: str) -> tuple[str, int | None]:
     return name, int(arg) if arg else None
 
 
-class ChoiceSet(_Strict):
-    """Allowed values of each per-block choice; a missing key keeps the layer as it is."""
+class ChoiceSet(BaseModel):
+    """Allowed values of each choice axis (``conv``, ``prune``, ``bits``, ``width``, a
+    plugin's), e.g. ``{conv: [keep, separable], prune: [0.0, 0.5]}``; a missing key keeps the
+    layer as it is.
 
-    conv: tuple[str, ...] | None = None
-    prune: tuple[float, ...] | None = None
-    bits: tuple[int, ...] | None = None
+    Only the form is checked here (no torch): each key names an axis and holds a non-empty list
+    of distinct scalars. The axes (:mod:`searchcomp.choices.axes`) check the names and values
+    when the model is built (``inspect``, ``run``), pointing at the same line."""
 
-    @field_validator("conv", "prune", "bits", mode="before")
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
     @classmethod
-    def _listify(cls, v: Any) -> Any:
-        if v is None or isinstance(v, (list, tuple)):
-            return v
-        return [v]
+    def _lists(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("choices must be a mapping of axis -> list of values, e.g. "
+                             "{conv: [keep, separable], prune: [0.0, 0.5]}")
+        out = {}
+        for key, v in data.items():
+            if not isinstance(key, str) or not re.match(r"^[A-Za-z_]\w*$", key):
+                raise ValueError(f"choice axis {key!r} must be a name, e.g. conv, prune, bits")
+            if v is None:
+                continue
+            values = list(v) if isinstance(v, (list, tuple)) else [v]
+            if not values:
+                raise ValueError(f"{key}: list of values must not be empty")
+            if any(isinstance(x, (dict, list, tuple)) or x is None for x in values):
+                raise ValueError(f"{key}: values must be names or numbers, got {v}")
+            if len(set(map(repr, values))) != len(values):
+                raise ValueError(f"{key}: values repeat: {values}")
+            out[key] = tuple(values)
+        return out
 
-    @field_validator("conv", "prune", "bits")
-    @classmethod
-    def _nonempty(cls, v: tuple | None) -> tuple | None:
-        if v is not None:
-            if not v:
-                raise ValueError("list of values must not be empty")
-            if len(set(v)) != len(v):
-                raise ValueError(f"values repeat: {list(v)}")
-        return v
+    def get(self, axis: str) -> tuple | None:
+        """The values given for ``axis``, or None."""
+        return (self.__pydantic_extra__ or {}).get(axis)
 
-    @field_validator("conv")
-    @classmethod
-    def _conv(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for value in v or ():
-            split_value(value)
-        return v
-
-    @field_validator("prune")
-    @classmethod
-    def _prune(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        for r in v or ():
-            if not 0.0 <= r < 1.0:
-                raise ValueError(f"prune ratio {r} must be in [0, 1): the share of a block's "
-                                 "filters to remove")
-        return v
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        for b in v or ():
-            if b not in SUPPORTED_BITS:
-                raise ValueError(f"bit width {b} is not supported; use one of "
-                                 f"{', '.join(map(str, SUPPORTED_BITS))} (32 = float)")
-        return v
+    def keys(self) -> list[str]:
+        """The axes given a list."""
+        return list(self.__pydantic_extra__ or {})
 
     def merged(self, other: ChoiceSet) -> ChoiceSet:
-        """This set with every choice ``other`` defines replaced by ``other``'s values."""
-        return ChoiceSet(**{k: getattr(other, k) if getattr(other, k) is not None
-                            else getattr(self, k) for k in CHOICES})
+        """This set with every axis ``other`` gives replaced by ``other``'s values."""
+        return ChoiceSet(**{**(self.__pydantic_extra__ or {}), **(other.__pydantic_extra__ or {})})
 
 
 class BlocksConfig(_Strict):
@@ -285,13 +274,11 @@ class SearchConfig(_Strict):
     @classmethod
     def _seeds(cls, v: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
         for cfg in v:
-            unknown = set(cfg) - {*CHOICES, "head"}
-            if unknown:
-                raise ValueError(f"seed config keys must be among conv, prune, bits, head; "
-                                 f"got {sorted(unknown)}")
-            ChoiceSet(**{k: [cfg[k]] for k in CHOICES if k in cfg})  # same value checks
+            if not isinstance(cfg, dict):
+                raise ValueError("each seed config is a mapping, e.g. {conv: separable}")
             if "head" in cfg:
                 BlocksConfig(head=[cfg["head"]])
+            ChoiceSet(**{k: [x] for k, x in cfg.items() if k != "head"})  # the same form
         return v
 
 

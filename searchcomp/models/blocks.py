@@ -1,26 +1,28 @@
 """Find the blocks of a model, the layers each choice may touch, and the values allowed.
 
-Values in ``blocks.default`` apply to every block they fit: a block where one cannot apply
-(``meta:4`` on a conv with 3 inputs, pruning on a block whose every conv feeds a residual
-add) leaves it out, and ``inspect`` says so; a value that fits no block, or one a
-``per_block`` entry names, is an error naming its line.
+Which values can apply to a block is each axis's own call (:meth:`Axis.narrow
+<searchcomp.choices.axes.Axis.narrow>`), resizing axes first, so a replacement is checked at
+every channel count they can leave. A value from ``blocks.default`` that cannot apply to a
+block is left out there, and ``inspect`` says where and why — also when no block can take it
+(a default list is written once for many models); a ``per_block`` value that cannot apply is
+an error naming its line.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from searchcomp import choices
-from searchcomp.config import CHOICES, KEEP, NEUTRAL, ChoiceSet, Space
-from searchcomp.models.factory import head_candidates, last_linear
+from searchcomp.choices import axes
+from searchcomp.config import KEEP, ChoiceSet, Space
+from searchcomp.models.factory import head_candidates, input_shape, last_linear
 from searchcomp.models.families import auto_blocks, conv_targets, family_of, select_glob
-from searchcomp.models.shapes import Shrink, conv_reason, head_reason
-
-#: what a choice left out of the space file means: leave the layer alone
-UNCHANGED = ChoiceSet(**{c: (v,) for c, v in NEUTRAL.items()})
+from searchcomp.models.shapes import Shrink, head_reason
 
 
 @dataclass(frozen=True)
@@ -32,23 +34,74 @@ class Block:
     #: pointwise ones when it has none (see :func:`~searchcomp.models.families.conv_targets`)
     convs: tuple[str, ...]
     choices: ChoiceSet
-    #: the space-file field each choice's values came from (for error messages)
+    #: the space-file field each axis's values came from (for error messages)
     origin: dict[str, str] = field(default_factory=dict, compare=False)
-    #: residual, inverted residual, plain or module (see :func:`family_of`)
+    #: residual, inverted residual, dense, branches, plain or module (see :func:`family_of`)
     family: str = "module"
     #: each conv pruning shrinks (full name) -> the layers whose inputs shrink with it
     pruning: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
-    #: values of ``blocks.default`` left out on this block, and why
+    #: values of ``blocks.default`` left out on this block (by label), and why
     dropped: dict[str, str] = field(default_factory=dict, compare=False)
+    #: what an axis found about this block when it narrowed its values (e.g. its stage)
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def allowed(self, axis: str) -> tuple:
+        """The values of ``axis`` allowed here (its neutral value when the space gives none)."""
+        return tuple(self.choices.get(axis) or (axes.neutral(axis),))
 
     def values(self) -> dict[str, list]:
-        """Allowed values per choice, as plain lists."""
-        return {c: list(getattr(self.choices, c)) for c in CHOICES}
+        """Allowed values per axis, as plain lists."""
+        return {a: list(self.allowed(a)) for a in axes.names()}
 
     @property
     def size(self) -> int:
         """Number of distinct configurations of this block."""
-        return math.prod(len(getattr(self.choices, c)) for c in CHOICES)
+        return math.prod(len(self.allowed(a)) for a in axes.names())
+
+
+class Blocks(list):
+    """The blocks of a model, with who shrinks which layer (:class:`Shrink`), to check the
+    head's values against the same channel counts."""
+
+    shrink: Shrink | None = None
+
+
+@dataclass
+class Draft:
+    """A block while its axes narrow its values."""
+
+    name: str
+    module: nn.Module
+    convs: tuple[str, ...]
+    family: str
+    values: dict[str, list]
+    origin: dict[str, str]
+    dropped: dict[str, str] = field(default_factory=dict)
+    pruning: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Narrowing:
+    """What :meth:`Axis.narrow` works on: the model, the drafts, and the shrinkage record."""
+
+    def __init__(self, model: nn.Module, space: Space, blocks: list[Draft]) -> None:
+        import torch
+
+        self.model, self.space, self.blocks = model, space, blocks
+        self.example = torch.zeros(1, *input_shape(space.model))
+        self.shrink = Shrink(model, space.blocks.prune_round_to)
+
+    def values(self, d: Draft, axis: str) -> tuple:
+        """The values of ``axis`` still allowed on ``d``."""
+        return tuple(d.values.get(axis, ()))
+
+    def drop(self, d: Draft, axis: str, value: Any, why: str) -> None:
+        """Leave ``value`` out on ``d`` (a default), or refuse it at its line (``per_block``)."""
+        a = axes.get(axis)
+        if not d.origin.get(axis, "").startswith("blocks.default."):
+            raise self.space.error(d.origin[axis], why)
+        d.values[axis] = [v for v in d.values[axis] if v != value] or [a.neutral]
+        d.dropped[a.label(value)] = why
 
 
 def _select(model: nn.Module, space: Space) -> list[str]:
@@ -74,36 +127,45 @@ def _select(model: nn.Module, space: Space) -> list[str]:
     return [n for n in chosen if not any(n.startswith(o + ".") for o in chosen if o != n)]
 
 
-def find_blocks(model: nn.Module, space: Space) -> list[Block]:
-    """The searchable blocks of ``model`` with the choices the space allows on each."""
+def find_blocks(model: nn.Module, space: Space) -> Blocks:
+    """The searchable blocks of ``model`` with the values the space allows on each."""
     names = _select(model, space)
-    default = UNCHANGED.merged(space.blocks.default)
-    per: dict[str, tuple[ChoiceSet, dict[str, str]]] = {
-        n: (default, {c: f"blocks.default.{c}" for c in CHOICES}) for n in names}
+    known = axes.names()
+    _check_keys(space, known)
+    drafts = []
+    for n in names:
+        values: dict[str, list] = {}
+        origin: dict[str, str] = {}
+        for a in known:
+            given = space.blocks.default.get(a)
+            values[a] = list(given) if given is not None else [axes.neutral(a)]
+            origin[a] = f"blocks.default.{a}"
+        module = model.get_submodule(n)
+        drafts.append(Draft(n, module, conv_targets(module, n), family_of(module), values,
+                            origin))
     for glob, chosen in space.blocks.per_block.items():
-        hits = [n for n in names if _glob(n, glob)]
+        hits = [d for d in drafts if _glob(d.name, glob)]
         if not hits:
             raise space.error(f"blocks.per_block.{glob}", f"glob {glob!r} matches no block; "
                               f"blocks are: {', '.join(names)}")
-        for n in hits:
-            cs, origin = per[n]
-            origin = dict(origin)
-            for c in CHOICES:
-                if getattr(chosen, c) is not None:
-                    origin[c] = f"blocks.per_block.{glob}.{c}"
-            per[n] = (cs.merged(chosen), origin)
-    _check_registered(per, space)
-    pmap = _prune_map(model, {n: cs for n, (cs, _) in per.items()}, space)
-    blocks = []
-    for n in names:
-        cs, origin = per[n]
-        module = model.get_submodule(n)
-        blocks.append(Block(n, conv_targets(module, n), cs, origin, family_of(module),
-                            {k: tuple(v) for k, v in pmap.get(n, {}).items()}))
-    blocks = [_narrow_prune(b, space) for b in blocks]
-    shrink = Shrink(model, blocks, space.blocks.prune_round_to)
-    blocks = [_narrow_conv(b, shrink, space) for b in blocks]
-    _check_some_block_takes_each_default(blocks, space)
+        for d in hits:
+            for a in known:
+                if chosen.get(a) is not None:
+                    d.values[a] = list(chosen.get(a))
+                    d.origin[a] = f"blocks.per_block.{glob}.{a}"
+    for d in drafts:
+        for a in known:
+            try:
+                d.values[a] = [axes.get(a).parse(v) for v in d.values[a]]
+            except ValueError as e:
+                raise space.error(d.origin[a], str(e)) from None
+    ctx = Narrowing(model, space, drafts)
+    phases = axes.PHASES
+    for axis in sorted(axes.all_axes(), key=lambda x: (phases.index(x.phase), x.order)):
+        axis.narrow(ctx)
+    blocks = Blocks(Block(d.name, d.convs, ChoiceSet(**{a: tuple(v) for a, v in d.values.items()}),
+                          d.origin, d.family, d.pruning, d.dropped, d.info) for d in drafts)
+    blocks.shrink = ctx.shrink
     _check_seed_configs(blocks, space)
     return blocks
 
@@ -114,98 +176,47 @@ def _glob(name: str, glob: str) -> bool:
     return fnmatch.fnmatchcase(name, glob)
 
 
-def _check_registered(per: dict[str, tuple[ChoiceSet, dict[str, str]]], space: Space) -> None:
-    """Every conv value names a registered choice with the right argument."""
-    for cs, origin in per.values():
-        for value in cs.conv:
-            try:
-                choices.parse_value(value, "conv")
-            except ValueError as e:
-                raise space.error(origin["conv"], str(e)) from None
-
-
-def _from_default(b: Block, kind: str) -> bool:
-    return b.origin.get(kind, "").startswith("blocks.default.")
-
-
-def _narrow_prune(b: Block, space: Space) -> Block:
-    """A block with nothing to prune keeps ``prune: [0.0]`` (from the defaults) or is an
-    error (from ``per_block``)."""
-    if not any(b.choices.prune) or b.pruning:
-        return b
-    why = (f"block {b.name} has no conv whose filters can be removed without changing "
-           "another layer's outputs (every conv feeds a residual add, a concatenation or the "
-           "model output)")
-    if not _from_default(b, "prune"):
-        raise space.error(b.origin["prune"], f"{why}; allow only prune 0.0 there")
-    dropped = {**b.dropped, **{f"prune {r:g}": why for r in b.choices.prune if r}}
-    return _replace(b, b.choices.model_copy(update={"prune": (0.0,)}), dropped)
-
-
-def _narrow_conv(b: Block, shrink: Shrink, space: Space) -> Block:
-    """Leave out default conv values that cannot apply to this block (at any allowed prune
-    ratio); a ``per_block`` value that cannot is an error."""
-    kept, dropped = [], dict(b.dropped)
-    for value in b.choices.conv:
-        why = conv_reason(b, value, shrink)
-        if why is None:
-            kept.append(value)
-        elif _from_default(b, "conv"):
-            dropped[value] = why
-        else:
-            raise space.error(b.origin["conv"], why)
-    if len(kept) == len(b.choices.conv):
-        return b
-    return _replace(b, b.choices.model_copy(update={"conv": tuple(kept) or (KEEP,)}), dropped)
-
-
-def _replace(b: Block, cs: ChoiceSet, dropped: dict[str, str]) -> Block:
-    return Block(b.name, b.convs, cs, b.origin, b.family, b.pruning, dropped)
-
-
-def _check_some_block_takes_each_default(blocks: list[Block], space: Space) -> None:
-    """A default value every block had to leave out was a mistake: say why for the first."""
-    for kind, values in (("conv", space.blocks.default.conv),
-                         ("prune", space.blocks.default.prune)):
-        for v in values or ():
-            key = v if kind == "conv" else f"prune {v:g}"
-            offered = [b for b in blocks if _from_default(b, kind)]
-            if offered and all(key in b.dropped for b in offered):
-                raise space.error(f"blocks.default.{kind}", offered[0].dropped[key])
+def _check_keys(space: Space, known: list[str]) -> None:
+    """Every key of ``blocks.default`` and ``per_block`` names a registered axis."""
+    sets = [("blocks.default", space.blocks.default)] + [
+        (f"blocks.per_block.{g}", cs) for g, cs in space.blocks.per_block.items()]
+    for where, cs in sets:
+        for key in cs.keys():
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {near[0]!r}" if near else ""
+                raise space.error(f"{where}.{key}", f"unknown choice axis {key!r}{hint}; "
+                                  f"axes: {', '.join(known)}")
 
 
 def _check_seed_configs(blocks: list[Block], space: Space) -> None:
     """A seed configuration must be possible somewhere, or it would silently be the base."""
+    known = axes.names()
     for i, cfg in enumerate(space.search.seed_configs):
         for k, v in cfg.items():
+            where = f"search.seed_configs.{i}"
             if k == "head":
                 if v not in space.blocks.head:
-                    raise space.error(f"search.seed_configs.{i}", f"head {v!r} is not among "
-                                      f"blocks.head {list(space.blocks.head)}")
-            elif not any(v in getattr(b.choices, k) for b in blocks):
-                raise space.error(f"search.seed_configs.{i}", f"{k} {v!r} is not allowed on any "
-                                  "block; add it to blocks.default or blocks.per_block")
-
-
-def _prune_map(model: nn.Module, per: dict[str, ChoiceSet], space: Space
-               ) -> dict[str, dict[str, list[str]]]:
-    """Which convs pruning shrinks in each block that allows pruning, and what shrinks
-    with them."""
-    import torch
-
-    from searchcomp.choices.prune import prune_map
-    from searchcomp.models.factory import input_shape
-
-    wanted = {n: model.get_submodule(n) for n, cs in per.items() if any(cs.prune)}
-    if not wanted:
-        return {}
-    return prune_map(model, wanted, torch.zeros(1, *input_shape(space.model)))
+                    raise space.error(where, f"head {v!r} is not among blocks.head "
+                                      f"{list(space.blocks.head)}")
+                continue
+            if k not in known:
+                raise space.error(where, f"seed config keys must be among "
+                                  f"{', '.join([*known, 'head'])}; got {k!r}")
+            try:
+                v = axes.get(k).parse(v)
+            except ValueError as e:
+                raise space.error(where, str(e)) from None
+            if not any(v in b.allowed(k) for b in blocks):
+                raise space.error(where, f"{k} {v!r} is not allowed on any block; add it to "
+                                  "blocks.default or blocks.per_block")
 
 
 def find_head(model: nn.Module, space: Space, blocks: list[Block] | None = None
               ) -> tuple[str, nn.Module]:
     """The classifier layer the ``head`` choice applies to, after checking every value (also
-    on the inputs pruning ``blocks`` may leave it, in a plain CNN)."""
+    on the inputs the resizing axes may leave it: ``blocks`` as :func:`find_blocks` gives
+    them)."""
     hm = space.blocks.head_module
     if hm == "auto":
         name, layer = last_linear(model)
@@ -227,8 +238,8 @@ def find_head(model: nn.Module, space: Space, blocks: list[Block] | None = None
             raise space.error("blocks.head", str(e)) from None
         if tname == KEEP:
             continue
-        why = head_reason(name, layer, value, Shrink(model, blocks or [],
-                                                     space.blocks.prune_round_to))
+        shrink = getattr(blocks, "shrink", None) or Shrink(model, space.blocks.prune_round_to)
+        why = head_reason(name, layer, value, shrink)
         if why:
             raise space.error("blocks.head", why)
     return name, layer

@@ -70,11 +70,20 @@ def check_arch(arch: str) -> None:
                               "or give a factory 'package.module:function'", field="model.arch")
 
 
+#: torchvision models with auxiliary classifiers (their training output is a tuple); built
+#: without them unless ``model.kwargs`` asks
+AUX_LOGITS = ("googlenet", "inception_v3")
+
+
 def _from_torchvision(cfg: ModelConfig, pretrained: bool) -> nn.Module:
     from torchvision import models
 
     check_arch(cfg.arch)
     kwargs = dict(cfg.kwargs)
+    if cfg.arch in AUX_LOGITS:  # training aids that make forward return a tuple: off
+        kwargs.setdefault("aux_logits", False)
+        if cfg.arch == "googlenet":
+            kwargs.setdefault("init_weights", True)
     try:
         if pretrained:
             model = models.get_model(cfg.arch, weights=None, **kwargs)
@@ -85,7 +94,11 @@ def _from_torchvision(cfg: ModelConfig, pretrained: bool) -> nn.Module:
         raise SearchcompError(f"torchvision {cfg.arch} does not accept these arguments: {e}",
                               field="model.kwargs") from None
     if pretrained:
-        model.load_state_dict(_pretrained_state(cfg.arch))
+        state = _pretrained_state(cfg.arch)
+        if cfg.arch in AUX_LOGITS and not kwargs.get("aux_logits"):
+            state = {k: v for k, v in state.items()
+                     if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+        model.load_state_dict(state)
     _adapt_stem(model, cfg)
     if pretrained:
         _adapt_classifier(model, cfg.num_classes)

@@ -1,11 +1,15 @@
 """Which modules of a CNN are its blocks (``blocks.select: auto``), what family each belongs
 to, and which of its convs a ``conv`` choice replaces.
 
-- residual: torchvision ``BasicBlock`` / ``Bottleneck`` (ResNet, ResNeXt, Wide ResNet);
-- inverted residual: ``InvertedResidual`` (MobileNetV2/V3), ``MBConv`` / ``FusedMBConv``
-  (EfficientNet V1/V2), ``_InvertedResidual`` (MNASNet);
-- plain: a network with neither (VGG, AlexNet, a user's own CNN): every conv is a block,
-  with the BN and activation wrapped around it when a module holds just those.
+- residual: torchvision ``BasicBlock`` / ``Bottleneck`` (ResNet, ResNeXt, Wide ResNet),
+  ``ResBottleneckBlock`` (RegNet), ``CNBlock`` (ConvNeXt);
+- inverted residual: ``InvertedResidual`` (MobileNetV2/V3, ShuffleNetV2), ``MBConv`` /
+  ``FusedMBConv`` (EfficientNet V1/V2), ``_InvertedResidual`` (MNASNet);
+- dense: ``_DenseLayer`` (DenseNet: its output is concatenated to its input);
+- branches: ``Inception`` (GoogLeNet), ``InceptionA``..``InceptionE`` (Inception v3),
+  ``Fire`` (SqueezeNet): parallel branches concatenated;
+- plain: a network with none of those (VGG, AlexNet, a user's own CNN): every conv is a
+  block, with the BN and activation wrapped around it when a module holds just those.
 """
 
 from __future__ import annotations
@@ -16,30 +20,35 @@ from torch import nn
 
 from searchcomp.choices import conv_kind
 
-RESIDUAL = ("BasicBlock", "Bottleneck")
+RESIDUAL = ("BasicBlock", "Bottleneck", "ResBottleneckBlock", "CNBlock")
 INVERTED_RESIDUAL = ("InvertedResidual", "_InvertedResidual", "MBConv", "FusedMBConv")
+DENSE = ("_DenseLayer",)
+BRANCHES = ("Inception", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE",
+            "Fire")
+#: every kind of block ``select: auto`` finds, by family
+FAMILIES = {"residual": RESIDUAL, "inverted residual": INVERTED_RESIDUAL, "dense": DENSE,
+            "branches": BRANCHES}
 #: squeeze-and-excitation gates: their 1x1 convs act on pooled vectors, not feature maps
 _SE = ("squeezeexcitation", "squeezeexcite", "selayer", "semodule", "seblock")
 
 
 def family_of(module: nn.Module) -> str:
-    """``residual``, ``inverted residual``, ``plain`` (one conv) or ``module`` (a glob's pick
-    of any other kind)."""
+    """``residual``, ``inverted residual``, ``dense``, ``branches``, ``plain`` (one conv) or
+    ``module`` (a glob's pick of any other kind)."""
     kind = type(module).__name__
-    if kind in RESIDUAL:
-        return "residual"
-    if kind in INVERTED_RESIDUAL:
-        return "inverted residual"
+    for family, kinds in FAMILIES.items():
+        if kind in kinds:
+            return family
     if sum(isinstance(m, nn.Conv2d) for m in module.modules()) == 1:
         return "plain"
     return "module"
 
 
 def auto_blocks(model: nn.Module) -> list[str]:
-    """The blocks ``select: auto`` finds: the residual and inverted-residual blocks, or, in a
-    network with neither, every conv (as :func:`plain_block` wraps it)."""
-    known = [n for n, m in model.named_modules()
-             if n and type(m).__name__ in RESIDUAL + INVERTED_RESIDUAL]
+    """The blocks ``select: auto`` finds: the blocks of a known family (:data:`FAMILIES`), or,
+    in a network with none, every conv (as :func:`plain_block` wraps it)."""
+    kinds = {k for ks in FAMILIES.values() for k in ks}
+    known = [n for n, m in model.named_modules() if n and type(m).__name__ in kinds]
     if known:
         return known
     out: list[str] = []

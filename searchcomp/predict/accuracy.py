@@ -16,10 +16,9 @@ import warnings
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from searchcomp.config import CHOICES
-from searchcomp.predict.costs import CostTable
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.sensitivity import Sensitivity
+from searchcomp.predict.table import CostTable
 
 #: trials needed before the residual model is fitted
 MIN_FIT = 3
@@ -74,9 +73,9 @@ class AccuracyModel:
     @staticmethod
     def _sums(rows: np.ndarray, blocks: list[list[np.ndarray]], head: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: the values summed per kind (conv, prune, bits, head), and how many are
-        unknown (NaN, counted as 0 in the sums)."""
-        n = len(CHOICES)
+        """Per row: the values summed per axis (conv, prune, bits, ...) and the head's, and
+        how many are unknown (NaN, counted as 0 in the sums)."""
+        n = len(blocks[0]) if blocks else 0
         parts = np.zeros((len(rows), n + 1))
         unknown = np.zeros(len(rows))
         for i, per in enumerate(blocks):
@@ -98,15 +97,14 @@ class AccuracyModel:
         if self.costs is not None and "params" in self.costs.metrics:
             params = self.costs.predict(rows)["params"]
             size = np.log(np.maximum(params, 1.0) / max(float(self.costs.base["params"]), 1.0))
-        f = np.column_stack([deltas.sum(axis=1), errors[:, 0] + errors[:, 3], errors[:, 1],
-                             errors[:, 2], changed, size])
+        f = np.column_stack([deltas.sum(axis=1), errors, changed, size])
         return f, unknown
 
     def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What the residual model sees of a row, scaled to about [-1, 1]: the prior's
-        summed accuracy change, the output errors summed per kind (conv and head, prune,
-        bits), the share of changed choices and the log of the params ratio to the base;
-        and the count of changes the table does not know."""
+        summed accuracy change, the output errors summed per axis and the head's, the share
+        of changed choices and the log of the params ratio to the base; and the count of
+        changes the table does not know."""
         f, unknown = self._raw_features(rows)
         return f / self._scale, unknown
 

@@ -1,22 +1,25 @@
 """Exact params, MiB and FLOPs of any recipe without building or training it: shapes only.
 
-Pruning's channel counts come from the pruning groups (traced once) and
-:func:`~searchcomp.choices.prune.n_remove`, the same arithmetic :func:`prune_blocks` uses; the
-replaced layers come from each choice's ``structure``; everything is built on the ``meta``
-device (no memory, no init) and counted by the same functions as a real candidate.
+Every layer's shape comes from the axes: the resizing ones (``prune``, ``width``) by
+arithmetic on the channel groups they traced once (:meth:`Axis.resizers
+<searchcomp.choices.axes.Axis.resizers>`, the same ``n_remove`` the real pruning uses), the
+replacements from each layer choice's ``structure``, the bit widths from ``bits``. A layer
+is built alone on the ``meta`` device (no memory, no init) at its new shape and counted by
+the same functions as a real candidate: params, the bytes of its compact state_dict records,
+its FLOPs at its own input shape.
 
-Each block's changes touch only that block (pruning never leaves it), so every cost is the
-base's plus one delta per block and one for the head: :meth:`ShapeCosts.table` gives the
-deltas of every configuration of every block, and any recipe's costs are sums of table
-entries (:class:`CostTable`), microseconds per recipe. The tests check both against the
-built models.
+A recipe's cost is the base's plus each changed layer's change, and a layer's change depends
+only on the few columns (block x axis, or the head) that touch it: a block's own axes, the
+block whose pruning shrinks its inputs (a plain CNN), the stage whose width it carries. So
+:meth:`ShapeCosts.table` gives one small table per group of layers touched by the same
+columns (:class:`~searchcomp.predict.table.CostTable`), exact for every recipe, coupled
+blocks included, and scored in microseconds. The tests hold it equal to the built models.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
@@ -26,11 +29,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from searchcomp import choices
-from searchcomp.candidate import Recipe, layer_sizes, rebuild
-from searchcomp.config import CHOICES, FLOAT_BITS, KEEP
+from searchcomp.candidate import Recipe, rebuild, resize_layers
+from searchcomp.choices import axes
+from searchcomp.choices.probe import first_input, layer_sizes
+from searchcomp.config import FLOAT_BITS, KEEP
 from searchcomp.deploy.packed import packed_nbytes
 from searchcomp.measure import count_params
 from searchcomp.predict.layout import Layout
+from searchcomp.predict.table import CostTable, Factor
+
+#: the head's column, as a (unit, axis) variable
+HEAD = ("", "head")
 
 #: the device with shapes and no memory (spelt through ``device=`` so that no string here
 #: looks like a choice's name)
@@ -77,12 +86,40 @@ def shell(path: str, module: nn.Module) -> nn.Module:
     return root
 
 
+def _plain_flops(layer: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """FLOPs of a plain Conv2d or Linear on ``shape`` as FlopCounterMode counts them (2 per
+    multiply-accumulate, no bias), in closed form; None for anything else."""
+    if type(layer) is nn.Conv2d and len(shape) == 4:
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+            shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride,
+            strict=True)] if isinstance(layer.padding, tuple) else None
+        if out is None:
+            return None
+        return 2 * shape[0] * layer.out_channels * math.prod(out) * (
+            layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+    if type(layer) is nn.Linear:
+        return 2 * math.prod(shape[:-1]) * layer.in_features * layer.out_features
+    return None
+
+
+def _is_quantized(key: str, tree: nn.Module, bits: dict[str, int]) -> bool:
+    """Whether state_dict ``key`` of ``tree`` is stored quantized under ``bits``."""
+    for prefix, b in bits.items():
+        if b == FLOAT_BITS:
+            continue
+        for name, m in tree.get_submodule(prefix).named_modules():
+            for t in _quantized_names(m):
+                if key == ".".join(p for p in (prefix, name, t) if p):
+                    return True
+    return False
+
+
 class ShapeCosts:
     """Costs of recipes of one base architecture, from shapes alone.
 
     ``base`` is any instance of the architecture (its weights are never read);
-    ``input_shape`` is one example's shape. Tracing the pruning groups costs one forward
-    pass of the real model; after that nothing runs on real tensors.
+    ``input_shape`` is one example's shape. Tracing the channel groups costs a forward pass
+    of the real model; after that nothing runs on real tensors.
     """
 
     def __init__(self, base: nn.Module, blocks: list[Any], head_name: str,
@@ -92,27 +129,37 @@ class ShapeCosts:
         self.input_shape = tuple(input_shape)
         self.prune_round_to = prune_round_to
         self.sizes = layer_sizes(base)
-        prunable = [b.name for b in blocks if any(b.choices.prune)]
-        self.groups: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {}
-        if prunable:
-            from searchcomp.choices.prune import prune_groups
-
-            example = torch.zeros(1, *input_shape)
-            self.groups = prune_groups(base, {n: base.get_submodule(n) for n in prunable},
-                                       example)
+        example = torch.zeros(1, *input_shape)
+        #: every channel group a resizing axis's values shrink
+        self.resizers = [r for a in axes.all_axes() if a.resizes
+                         for r in a.resizers(base, blocks, example, head_name)]
         self.meta = copy.deepcopy(base).to(META).eval()
+        self.modules = dict(self.meta.named_modules())
         self.inputs = self._input_shapes()
-        self._deltas: dict[tuple, dict[str, float]] = {}
-        self._variants: dict[tuple, tuple[nn.Module, nn.Module]] = {}
+        #: layer -> [(resizer, kind, per)] and layer -> [((unit, axis), effect)]
+        self.resizing: dict[str, list[tuple[Any, str, int]]] = {}
+        for r in self.resizers:
+            for layer, kind, per in r.members:
+                self.resizing.setdefault(layer, []).append((r, kind, per))
+        self.effects: dict[str, list[tuple[tuple[str, str], str]]] = {}
+        for b in blocks:
+            for a in axes.all_axes():
+                if not a.resizes and any(v != a.neutral for v in b.allowed(a.name)):
+                    for layer, effect in a.effects(b, self.meta).items():
+                        self.effects.setdefault(layer, []).append(((b.name, a.name), effect))
+        self.effects.setdefault(head_name, []).append((HEAD, "replace"))
+        self._memo: dict[tuple, dict[str, float]] = {}
         self.base = self._totals(self.meta)
 
     # -- shapes --------------------------------------------------------------------------
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The input shape (batch 1) of every block and of the head."""
+        """The input shape (batch 1) of every block, the head and every layer."""
         got: dict[str, tuple[int, ...]] = {}
-        names = [*self.blocks, self.head_name]
+        names = [*self.blocks, self.head_name, *(n for n, m in self.modules.items()
+                                                 if isinstance(m, (nn.Conv2d, nn.Linear)))]
         hooks = [self.meta.get_submodule(n).register_forward_pre_hook(
-            lambda _m, args, n=n: got.__setitem__(n, tuple(args[0].shape))) for n in names]
+            lambda _m, args, n=n: got.__setitem__(n, tuple(first_input(args).shape)))
+            for n in dict.fromkeys(names)]
         try:
             with torch.no_grad():
                 self.meta(torch.zeros(1, *self.input_shape, device="meta"))
@@ -121,38 +168,105 @@ class ShapeCosts:
                 h.remove()
         return got
 
-    def resized(self, recipe: Recipe) -> dict[str, dict[str, int]]:
-        """The layer sizes pruning leaves (what :attr:`searchcomp.candidate.Built.resized`
-        holds after a real build), by arithmetic on the traced pruning groups."""
-        from searchcomp.choices.prune import n_remove
+    def variables(self, layer: str) -> list[tuple[str, str]]:
+        """The (unit, axis) columns whose values change ``layer`` (the head: ``("", "head")``)."""
+        out: dict[tuple[str, str], None] = {}
+        for r, _kind, _per in self.resizing.get(layer, []):
+            out[(r.unit, r.axis)] = None
+            out.update(dict.fromkeys(r.depends))
+        for var, _effect in self.effects.get(layer, []):
+            out[var] = None
+        return list(out)
 
-        out: dict[str, dict[str, int]] = {}
-        for b in self.blocks:
-            ratio = float(recipe.choice(b, "prune"))
-            if not ratio:
+    @staticmethod
+    def _neutral(var: tuple[str, str]) -> Any:
+        return KEEP if var == HEAD else axes.neutral(var[1])
+
+    def _state(self, layer: str, values: dict[tuple[str, str], Any]) -> tuple:
+        """``layer``'s sizes, replacement and bit width under ``values`` (missing: neutral)."""
+        def val(var: tuple[str, str]) -> Any:
+            return values.get(var, self._neutral(var))
+
+        sizes = dict(self.sizes.get(layer, {}))
+        for r, kind, per in self.resizing.get(layer, []):
+            v = val((r.unit, r.axis))
+            if v == axes.neutral(r.axis):
                 continue
-            rt = math.lcm(self.prune_round_to, choices.channel_multiple(recipe.choice(b, "conv")))
-            done: set[str] = set()
-            for conv, members in self.groups.get(b, []):
-                if conv in done:
-                    continue
-                cur = out.get(conv, self.sizes[conv])
-                n = n_remove(ratio, cur["out"], rt)
-                if not n:
-                    continue
-                for name, kind in members:
-                    s = dict(out.get(name, self.sizes[name]))
-                    if kind == "features":
-                        s["features"] -= n
-                    elif kind == "depthwise":
-                        s["in"] -= n
-                        s["out"] -= n
-                        s["groups"] -= n
-                    else:
-                        s[kind] -= n
-                    out[name] = s
-                    if kind != "in":
-                        done.add(name)
+            n = axes.get(r.axis).count(r, v, {d: val(d) for d in r.depends})
+            if kind == "features":
+                sizes["features"] -= n
+            elif kind == "depthwise":
+                sizes["in"] -= n
+                sizes["out"] -= n
+                sizes["groups"] -= n
+            else:
+                sizes[kind] -= n * (per if kind == "in" else 1)
+        replace, bits = None, FLOAT_BITS
+        for var, effect in self.effects.get(layer, []):
+            v = val(var)
+            if effect == "replace" and v != self._neutral(var):
+                replace = ("head" if var == HEAD else "conv", str(v))
+            elif effect == "bits":
+                bits = int(v)
+        return tuple(sorted(sizes.items())), replace, bits
+
+    def _layer(self, layer: str, state: tuple) -> dict[str, float]:
+        """Params, bytes and FLOPs of ``layer`` alone in ``state`` (memoised)."""
+        key = (layer, state)
+        if key not in self._memo:
+            module = self.modules[layer]
+            shape = self.inputs.get(layer)
+            # layers of the same structure in the same state cost the same but for the
+            # bytes of their state_dict keys: count one at a stand-in path, then correct
+            same = (repr(module), state, shape)
+            if same not in self._memo:
+                self._memo[same] = self._count(module, state, shape)
+            c = self._memo[same]
+            self._memo[key] = {"params": c["params"], "flops": c["flops"],
+                               "bytes": c["bytes"] + c["keys"] * (len(layer) - 1)}
+        return self._memo[key]
+
+    def _count(self, module: nn.Module, state: tuple, shape: tuple[int, ...] | None
+               ) -> dict[str, float]:
+        sizes, replace, bits = state
+        tree = shell("x", copy.deepcopy(module))
+        with META:
+            if sizes and dict(sizes) != layer_sizes(module).get(""):
+                resize_layers(tree, {"x": dict(sizes)})
+            if replace is not None:
+                target, value = replace
+                name, arg = choices.parse_value(value, target)
+                tree.set_submodule("x", choices.get(name, target).structure(
+                    tree.get_submodule("x"), arg))
+        flops = 0
+        if shape is not None:
+            shape = (shape[0], dict(sizes).get("in", shape[1]), *shape[2:])
+            layer = tree.get_submodule("x")
+            flops = _plain_flops(layer, shape) if replace is None else None
+            if flops is None:
+                flops = self._flops(layer, shape)
+        quantized = {"x": bits}
+        return {"params": count_params(tree), "flops": flops,
+                "bytes": self._size_bytes(tree, quantized),
+                "keys": sum(3 if _is_quantized(k, tree, quantized) else 1
+                            for k in tree.state_dict(keep_vars=True))}
+
+    def resized(self, recipe: Recipe) -> dict[str, dict[str, int]]:
+        """The layer sizes the resizing axes leave (what
+        :attr:`searchcomp.candidate.Built.resized` holds after a real build)."""
+        values = self.assignment(recipe)
+        out = {}
+        for layer in self.resizing:
+            sizes = dict(self._state(layer, values)[0])
+            if sizes != self.sizes[layer]:
+                out[layer] = sizes
+        return out
+
+    def assignment(self, recipe: Recipe) -> dict[tuple[str, str], Any]:
+        """Every (unit, axis) value of ``recipe``, the head's under ``("", "head")``."""
+        out: dict[tuple[str, str], Any] = {(b, a): recipe.choice(b, a)
+                                           for b in self.blocks for a in axes.names()}
+        out[HEAD] = recipe.head
         return out
 
     def architecture(self, recipe: Recipe) -> nn.Module:
@@ -202,118 +316,51 @@ class ShapeCosts:
         bits = {b: int(recipe.choice(b, "bits")) for b in self.blocks}
         return self._totals(self.architecture(recipe), bits)
 
+    def _changed(self, layer: str, values: dict[tuple[str, str], Any]) -> dict[str, float]:
+        new = self._layer(layer, self._state(layer, values))
+        old = self._layer(layer, self._state(layer, {}))
+        return {k: new[k] - old[k] for k in new}
+
     def costs(self, recipe: Recipe) -> dict[str, float]:
-        """The same figures as :meth:`exact`, as the base's plus each block's and the head's
-        cached delta: microseconds once the deltas of the recipe's configurations are known."""
+        """The same figures as :meth:`exact`, as the base's plus each changed layer's change
+        (each layer counted alone, memoised)."""
+        values = self.assignment(recipe)
         out = dict(self.base)
-        deltas = [self.block_delta(b, recipe.choice(b, "conv"), recipe.choice(b, "prune"),
-                                   recipe.choice(b, "bits")) for b in self.blocks]
-        if recipe.head != KEEP:
-            deltas.append(self.head_delta(recipe.head))
-        for d in deltas:
-            for k in COSTS:
-                out[k] += d[k]
+        for layer in {*self.resizing, *self.effects}:
+            d = self._changed(layer, values)
+            out["params"] += d["params"]
+            out["flops"] += d["flops"]
+            out["size_mib"] += d["bytes"] / 2**20
         return out
 
-    def block_delta(self, block: str, conv: str = KEEP, prune: float = 0.0,
-                    bits: int = FLOAT_BITS) -> dict[str, float]:
-        """Cost change of one block's configuration against the base block."""
-        key = (block, conv, float(prune), int(bits))
-        if key not in self._deltas:
-            # bits change neither params nor FLOPs (the deployed model computes in float)
-            before, after = self._variant(block, Recipe({block: {"conv": conv,
-                                                                 "prune": prune}}))
-            f = self._float_delta(block, conv, float(prune))
-            size = (self._size_bytes(after, {block: int(bits)})
-                    - self._size_bytes(before)) / 2**20
-            self._deltas[key] = {**f, "size_mib": size}
-        return self._deltas[key]
-
-    def head_delta(self, value: str) -> dict[str, float]:
-        """Cost change of a head value against the base head."""
-        key = ("", value)
-        if key not in self._deltas:
-            before, after = self._variant(self.head_name, Recipe(head=value))
-            self._deltas[key] = self._diff(self.head_name, before, after)
-        return self._deltas[key]
-
-    def _float_delta(self, block: str, conv: str, prune: float) -> dict[str, float]:
-        key = (block, conv, prune, "float")
-        if key not in self._deltas:
-            before, after = self._variant(block, Recipe({block: {"conv": conv,
-                                                                 "prune": prune}}))
-            self._deltas[key] = self._diff(block, before, after)
-        return self._deltas[key]
-
-    def _diff(self, path: str, before: nn.Module, after: nn.Module) -> dict[str, float]:
-        shape = self.inputs[path]
-        return {"params": count_params(after) - count_params(before),
-                "size_mib": (self._size_bytes(after) - self._size_bytes(before)) / 2**20,
-                "flops": (self._flops(after.get_submodule(path), shape)
-                          - self._flops(before.get_submodule(path), shape))}
-
-    def _variant(self, path: str, recipe: Recipe) -> tuple[nn.Module, nn.Module]:
-        """(base, changed) shells holding the module at ``path`` before and after the float
-        part of ``recipe``, on the meta device."""
-        key = (path, repr(recipe), "variant")
-        if key not in self._variants:
-            blocks = [b for b in self.blocks.values() if b.name == path]
-            before = shell(path, copy.deepcopy(self.meta.get_submodule(path)))
-            with META:
-                after = rebuild(copy.deepcopy(before), recipe, blocks, self.head_name,
-                                self.resized(recipe))
-            self._variants[key] = (before, after)
-        return self._variants[key]
+    def delta(self, recipe: Recipe) -> dict[str, float]:
+        """Cost change of ``recipe`` against the base."""
+        c = self.costs(recipe)
+        return {k: c[k] - self.base[k] for k in COSTS}
 
     def table(self, layout: Layout) -> CostTable:
-        """The delta of every configuration of every block (and head value) of ``layout``."""
-        blocks = []
-        for i, b in enumerate(layout.blocks):
-            conv, prune, bits = layout.values[i]
-            arr = {k: np.zeros((len(conv), len(prune), len(bits))) for k in COSTS}
-            for (ci, c), (pi, p), (qi, q) in product(enumerate(conv), enumerate(prune),
-                                                     enumerate(bits)):
-                d = self.block_delta(b, c, p, q)
-                for k in COSTS:
-                    arr[k][ci, pi, qi] = d[k]
-            blocks.append(arr)
-        head = {k: np.array([self.head_delta(h)[k] if h != KEEP else 0.0 for h in layout.head])
-                for k in COSTS}
-        return CostTable(layout, dict(self.base), blocks, head)
-
-
-@dataclass
-class CostTable:
-    """Per-block cost deltas: a recipe's cost is the base's plus one entry per block and one
-    for the head. Holds params, size_mib, flops; a latency table adds latency_ms."""
-
-    layout: Layout
-    base: dict[str, float]
-    #: per block: metric -> array indexed [conv, prune, bits]
-    blocks: list[dict[str, np.ndarray]]
-    #: metric -> array indexed by the head value
-    head: dict[str, np.ndarray]
-
-    @property
-    def metrics(self) -> list[str]:
-        """The metrics it predicts."""
-        return list(self.head)
-
-    def predict(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Each metric of each recipe row."""
-        rows = np.atleast_2d(rows)
-        n = len(CHOICES)
-        out = {}
-        for k in self.metrics:
-            total = np.full(len(rows), float(self.base[k]))
-            for i, arr in enumerate(self.blocks):
-                total += arr[k][rows[:, n * i], rows[:, n * i + 1], rows[:, n * i + 2]]
-            total += self.head[k][rows[:, -1]]
-            out[k] = total
-        return out
-
-    def merged(self, other: CostTable) -> CostTable:
-        """Both tables' metrics in one (same layout)."""
-        return CostTable(self.layout, {**self.base, **other.base},
-                         [{**a, **b} for a, b in zip(self.blocks, other.blocks, strict=True)],
-                         {**self.head, **other.head})
+        """One factor per group of layers the same columns change, over every value of those
+        columns (see the module doc)."""
+        columns = {v: layout.column(*v) for v in layout.columns()}
+        columns[HEAD] = layout.n_columns - 1
+        values = {(b, a): layout.values[i][k] for i, b in enumerate(layout.blocks)
+                  for k, a in enumerate(layout.axes)}
+        values[HEAD] = layout.head
+        groups: dict[tuple, list[str]] = {}
+        for layer in {*self.resizing, *self.effects}:
+            var = tuple(v for v in self.variables(layer) if len(values.get(v, ())) > 1)
+            if var:
+                groups.setdefault(var, []).append(layer)
+        factors = []
+        for var, layers in groups.items():
+            shape = tuple(len(values[v]) for v in var)
+            arr = {k: np.zeros(shape) for k in COSTS}
+            for idx in product(*[range(n) for n in shape]):
+                assign = {v: values[v][i] for v, i in zip(var, idx, strict=True)}
+                for layer in layers:
+                    d = self._changed(layer, assign)
+                    arr["params"][idx] += d["params"]
+                    arr["flops"][idx] += d["flops"]
+                    arr["size_mib"][idx] += d["bytes"] / 2**20
+            factors.append(Factor(tuple(columns[v] for v in var), arr))
+        return CostTable(layout, {k: float(self.base[k]) for k in COSTS}, factors)

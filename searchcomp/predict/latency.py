@@ -1,7 +1,8 @@
 """Latency of any recipe, predicted from a per-block table measured in the configured runtime.
 
-Each block configuration (conv x prune, and x bits when the runtime runs integer kernels) is
-built alone with fresh weights (latency does not depend on them) and timed with
+Each block configuration (of its block-wide axes: conv x prune, and x bits when the runtime
+runs integer kernels; a stage-wide value such as ``width``: each block it reaches, with that
+value alone) is built alone with fresh weights (latency does not depend on them) and timed with
 :func:`searchcomp.measure.time_latency` on the block's own input shape, at the configured
 threads and batch size; the head's values likewise, and the whole base once. A recipe's
 latency is the base's plus each block's change: that assumes the runtime's cost is close to
@@ -26,13 +27,14 @@ import torch
 from torch import nn
 
 from searchcomp.candidate import INT8_BITS, Recipe, rebuild
+from searchcomp.choices import axes
 from searchcomp.choices.actquant import calibrate_activations, simulate_int8
-from searchcomp.choices.quant import quantize_module
 from searchcomp.config import FLOAT_BITS, KEEP, MeasureConfig
 from searchcomp.measure import time_latency
-from searchcomp.predict.costs import CostTable, ShapeCosts, shell
+from searchcomp.predict.costs import ShapeCosts, shell
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.store import ProfileStore, content_key
+from searchcomp.predict.table import CostTable, Factor
 
 SECTION = "latency"
 #: the profile store's entry naming the int8 scheme the int8 rows were timed with
@@ -98,16 +100,42 @@ class LatencyTable:
                             "input": self.costs.inputs.get(path, self.costs.input_shape),
                             "round_to": self.costs.prune_round_to, "value": value})
 
+    def block_axes(self) -> list[Any]:
+        """The axes timed together inside each block (product of their latency keys)."""
+        return [a for a in axes.all_axes() if a.scope == "block"]
+
+    def _block_configs(self, layout: Layout, i: int) -> list[tuple]:
+        lay, rt = layout, self.m.runtime
+        per = [dict.fromkeys([a.latency_key(a.neutral, rt), *(
+            a.latency_key(v, rt) for v in lay.values[i][lay.axes.index(a.name)])])
+               for a in self.block_axes()]
+        return [tuple(c) for c in product(*per)]
+
+    def _stage_configs(self, layout: Layout) -> list[tuple[str, Any]]:
+        """(touched block, ("stage", owner, axis, value)) of every stage-wide value: each
+        block its channels reach, timed with that value alone."""
+        out = []
+        for r in self.costs.resizers:
+            a = axes.get(r.axis)
+            if a.scope != "stage" or r.unit not in layout.blocks:
+                continue
+            i = layout.blocks.index(r.unit)
+            touched = [b for b in layout.blocks
+                       if any(m == b or m.startswith(b + ".") for m, _k, _p in r.members)]
+            for v in layout.values[i][layout.axes.index(a.name)]:
+                if v != a.neutral:
+                    out += [(b, ("stage", r.unit, a.name, a.latency_key(v, self.m.runtime)))
+                            for b in touched]
+        return out
+
     def configs(self, layout: Layout) -> list[tuple[str, Any]]:
         """Every (path, configuration) the table of ``layout`` needs: the whole base, each
-        block's conv x prune (x bits) and each head value."""
+        block's configurations of its block-wide axes (conv x prune, x bits in runtimes with
+        integer kernels), each block a stage-wide value reaches, and each head value."""
         out: list[tuple[str, Any]] = [("", "base")]
         for i, b in enumerate(layout.blocks):
-            conv, prune, bits = layout.values[i]
-            bits = bits if self.with_bits else (FLOAT_BITS,)
-            for c, p, q in product(dict.fromkeys((KEEP, *conv)), dict.fromkeys((0.0, *prune)),
-                                   dict.fromkeys((FLOAT_BITS, *bits))):
-                out.append((b, (c, float(p), int(q))))
+            out += [(b, c) for c in self._block_configs(layout, i)]
+        out += self._stage_configs(layout)
         for h in dict.fromkeys((KEEP, *layout.head)):
             out.append((self.costs.head_name, h))
         return list(dict.fromkeys(out))
@@ -128,29 +156,47 @@ class LatencyTable:
     # -- measuring -------------------------------------------------------------------------
     def module(self, path: str, value: Any) -> tuple[nn.Module, tuple[int, ...]]:
         """The module timed for a configuration, with fresh weights, and its input shape
-        (without the batch)."""
+        (without the batch). A block is timed alone: the layers a resizing value changes
+        outside it (the next block's inputs in a plain CNN, a stage's stem) are not."""
         if not path:
             return self.base, self.costs.input_shape
         blocks = [self.costs.blocks[path]] if path in self.costs.blocks else []
-        recipe = Recipe(head=value) if not blocks else Recipe(
-            {path: {"conv": value[0], "prune": value[1]}})
+        if not blocks:
+            recipe = Recipe(head=value)
+        elif value[0] == "stage":
+            recipe = Recipe({value[1]: {value[2]: value[3]}})
+        else:
+            recipe = Recipe({path: dict(zip((a.name for a in self.block_axes()), value,
+                                            strict=True))})
         tree = shell(path, copy.deepcopy(self.base.get_submodule(path)))
-        rebuild(tree, recipe, blocks, self.costs.head_name, self.costs.resized(recipe))
-        if blocks and value[2] != FLOAT_BITS:
-            quantize_module(tree.get_submodule(path), int(value[2]))
+        inside = {n: s for n, s in self.costs.resized(recipe).items()
+                  if n == path or n.startswith(path + ".")}
+        rebuild(tree, recipe, blocks if blocks and value[0] != "stage" else [],
+                self.costs.head_name, inside)
+        if blocks and value[0] != "stage":
+            state = axes.BuildState(tree, recipe, {path: blocks[0]}, self.costs.head_name,
+                                    None, init=False)
+            for a in axes.in_phase("weights"):
+                a.apply(state)
+        shape = tuple(self.costs.inputs[path][1:])
+        if inside:  # its input channels may have shrunk: as the whole candidate feeds it
+            shape = tuple(_input_of(self.costs.architecture(recipe), path,
+                                    self.costs.input_shape)[1:])
         module = tree.get_submodule(path).eval()
-        if blocks and self.int8 and value[2] <= INT8_BITS:
+        bits = int(recipe.choice(path, "bits")) if blocks and value[0] != "stage" else FLOAT_BITS
+        if self.int8 and bits <= INT8_BITS:
             if self.scheme is None:
                 raise ValueError("timing int8 blocks needs the study's int8 scheme")
             simulate_int8(module, self.scheme)
             module = nn.Sequential(module).eval()  # the exporter finds units by name
-            calibrate_activations(module, self.block_inputs(path, value))
-        return module, tuple(self.costs.inputs[path][1:])
+            calibrate_activations(module, self.block_inputs(path, shape[0]))
+        return module, shape
 
-    def block_inputs(self, path: str, value: Any) -> torch.Tensor:
+    def block_inputs(self, path: str, channels: int) -> torch.Tensor:
         """The calibration images' activations at the input of block ``path`` of the base,
-        as wide as ``value``'s recipe leaves the block's input (pruning a block never
-        touches its input)."""
+        ``channels`` wide: a block whose input a stage width or the previous block's pruning
+        narrowed gets the base's first ``channels`` channels (their ranges stand in for the
+        candidate's, which only a whole built candidate has)."""
         if self.calib is None:
             raise ValueError("timing int8 blocks needs calibration images (calib)")
         if self._inputs is None:
@@ -165,7 +211,7 @@ class LatencyTable:
             finally:
                 for h in hooks:
                     h.remove()
-        return self._inputs[path]
+        return self._inputs[path][:, :channels]
 
     def measure(self, layout: Layout, progress: Callable[[int, int], None] | None = None
                 ) -> int:
@@ -192,29 +238,78 @@ class LatencyTable:
         return len(todo)
 
     # -- predicting ------------------------------------------------------------------------
-    def block_ms(self, block: str, conv: str, prune: float, bits: int) -> float | None:
-        """Measured latency of one block configuration (None if not measured)."""
-        return self._get(block, (conv, float(prune), int(bits) if self.with_bits else FLOAT_BITS))
+    def block_ms(self, block: str, config: dict[str, Any]) -> float | None:
+        """Measured latency of one block configuration (axis -> value; missing axes
+        neutral), or None if not measured."""
+        rt = self.m.runtime
+        key = tuple(a.latency_key(config.get(a.name, a.neutral), rt) for a in self.block_axes())
+        return self._get(block, key)
+
+    def stage_ms(self, owner: str, axis: str, value: Any) -> float | None:
+        """The latency change a stage-wide value makes, summed over the blocks it reaches
+        (each timed with that value alone), or None if not measured."""
+        total = 0.0
+        for path, cfg in self._stage_configs_of(owner, axis, value):
+            ms, ref = self._get(path, cfg), self.block_ms(path, {})
+            if ms is None or ref is None:
+                return None
+            total += ms - ref
+        return total
+
+    def _stage_configs_of(self, owner: str, axis: str, value: Any) -> list[tuple[str, Any]]:
+        key = ("stage", owner, axis, axes.get(axis).latency_key(value, self.m.runtime))
+        out = []
+        for r in self.costs.resizers:
+            if r.unit == owner and r.axis == axis:
+                out += [(b, key) for b in self.costs.blocks
+                        if any(m == b or m.startswith(b + ".") for m, _k, _p in r.members)]
+        return out
 
     def table(self, layout: Layout) -> CostTable:
-        """``latency_ms`` as a :class:`CostTable` (NaN where a configuration is missing)."""
+        """``latency_ms`` as a :class:`CostTable` (NaN where a configuration is missing): the
+        base, a factor per block over its block-wide axes, one per stage-wide column, one for
+        the head."""
         base = self._get("", "base")
-        blocks = []
+        factors = []
+        names = [a.name for a in self.block_axes()]
         for i, b in enumerate(layout.blocks):
-            conv, prune, bits = layout.values[i]
-            ref = self.block_ms(b, KEEP, 0.0, FLOAT_BITS)
-            arr = np.full((len(conv), len(prune), len(bits)), np.nan)
-            for (ci, c), (pi, p), (qi, q) in product(enumerate(conv), enumerate(prune),
-                                                     enumerate(bits)):
-                ms = self.block_ms(b, c, p, q)
+            cols = tuple(layout.column(b, n) for n in names)
+            vals = [layout.values[i][layout.axes.index(n)] for n in names]
+            ref = self.block_ms(b, {})
+            arr = np.full(tuple(len(v) for v in vals), np.nan)
+            for idx in product(*[range(len(v)) for v in vals]):
+                ms = self.block_ms(b, {n: v[j] for n, v, j in zip(names, vals, idx, strict=True)})
                 if ms is not None and ref is not None:
-                    arr[ci, pi, qi] = ms - ref
-            blocks.append({"latency_ms": arr})
+                    arr[idx] = ms - ref
+            factors.append(Factor(cols, {"latency_ms": arr}))
+            for a in axes.all_axes():
+                if a.scope == "block":
+                    continue
+                vs = layout.values[i][layout.axes.index(a.name)]
+                if len(vs) > 1:
+                    arr1 = np.array([0.0 if v == a.neutral else np.nan if (
+                        d := self.stage_ms(b, a.name, v)) is None else d for v in vs])
+                    factors.append(Factor((layout.column(b, a.name),), {"latency_ms": arr1}))
         h0 = self._get(self.costs.head_name, KEEP)
         head = np.array([np.nan if (v := self._get(self.costs.head_name, h)) is None or h0 is None
                          else v - h0 for h in layout.head])
-        return CostTable(layout, {"latency_ms": np.nan if base is None else base},
-                         blocks, {"latency_ms": head})
+        factors.append(Factor((layout.n_columns - 1,), {"latency_ms": head}))
+        return CostTable(layout, {"latency_ms": np.nan if base is None else base}, factors)
+
+
+def _input_of(model: nn.Module, path: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The input shape (batch 1) module ``path`` of ``model`` (on the meta device) receives."""
+    from searchcomp.choices.probe import first_input
+
+    got: list[tuple[int, ...]] = []
+    h = model.get_submodule(path).register_forward_pre_hook(
+        lambda _m, args: got.append(tuple(first_input(args).shape)))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device="meta"))
+    finally:
+        h.remove()
+    return got[0]
 
 
 def latency_error(predicted: list[float], measured: list[float]) -> dict[str, float] | None:

@@ -1,8 +1,9 @@
 """The discrete search space as plain arrays: every recipe is one row of value indices.
 
-Column ``3 * i + k`` holds block ``i``'s choice ``CHOICES[k]`` (conv, prune, bits) as an index
-into that block's allowed values, and the last column the head's. Predictors work on such
-rows, so thousands of candidate recipes are scored with a few array operations.
+Column ``A * i + k`` holds block ``i``'s value of axis ``axes[k]`` (the registered choice
+axes: conv, prune, bits, width, ...; ``A`` of them) as an index into that block's allowed
+values, and the last column the head's. Predictors work on such rows, so thousands of
+candidate recipes are scored with a few array operations.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from searchcomp.config import CHOICES, KEEP, NEUTRAL
+from searchcomp.choices import axes as registry
+from searchcomp.config import KEEP
 
 
 @dataclass(frozen=True)
@@ -21,20 +23,32 @@ class Layout:
     """Blocks in model order with their allowed values, and the head's values."""
 
     blocks: tuple[str, ...]
-    #: per block, per choice in :data:`CHOICES`: the allowed values
+    #: per block, per axis in :attr:`axes`: the allowed values
     values: tuple[tuple[tuple[Any, ...], ...], ...]
     head: tuple[str, ...]
+    #: the choice axes, in column order (default: every registered axis)
+    axes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.axes:
+            object.__setattr__(self, "axes", tuple(registry.names()))
 
     @classmethod
     def from_blocks(cls, blocks: Iterable[Any], head_values: Sequence[str]) -> Layout:
         """From :class:`searchcomp.models.Block` objects (anything with ``name`` and
         ``values()``) and the head's values."""
         names, values = [], []
+        axes = tuple(registry.names())
         for b in blocks:
             names.append(b.name)
             v = b.values()
-            values.append(tuple(tuple(v[c]) for c in CHOICES))
-        return cls(tuple(names), tuple(values), tuple(head_values))
+            values.append(tuple(tuple(v[c]) for c in axes))
+        return cls(tuple(names), tuple(values), tuple(head_values), axes)
+
+    @property
+    def width(self) -> int:
+        """Columns per block: one per axis."""
+        return len(self.axes)
 
     @property
     def dims(self) -> np.ndarray:
@@ -43,22 +57,23 @@ class Layout:
 
     @property
     def n_columns(self) -> int:
-        """Columns of a row: three per block and one for the head."""
-        return len(CHOICES) * len(self.blocks) + 1
+        """Columns of a row: one per block and axis, and one for the head."""
+        return self.width * len(self.blocks) + 1
 
     def column(self, block: str, choice: str) -> int:
         """The column of ``block``'s ``choice``."""
-        return len(CHOICES) * self.blocks.index(block) + CHOICES.index(choice)
+        return self.width * self.blocks.index(block) + self.axes.index(choice)
 
     def neutral_index(self, i: int, choice: str) -> int:
         """Index of the neutral value (keep / 0 / 32) among block ``i``'s values, or the
         first value when the block does not allow it (as the search's seeds do)."""
-        vals = self.values[i][CHOICES.index(choice)]
-        return vals.index(NEUTRAL[choice]) if NEUTRAL[choice] in vals else 0
+        vals = self.values[i][self.axes.index(choice)]
+        neutral = registry.neutral(choice)
+        return vals.index(neutral) if neutral in vals else 0
 
     def neutral_row(self) -> np.ndarray:
         """The row of the base itself (every block neutral, head keep)."""
-        row = [self.neutral_index(i, c) for i in range(len(self.blocks)) for c in CHOICES]
+        row = [self.neutral_index(i, c) for i in range(len(self.blocks)) for c in self.axes]
         row.append(self.head.index(KEEP) if KEEP in self.head else 0)
         return np.array(row, dtype=np.int64)
 
@@ -68,11 +83,12 @@ class Layout:
         blocks = recipe.get("blocks") or {}
         row = []
         for i, b in enumerate(self.blocks):
-            for k, c in enumerate(CHOICES):
-                v = (blocks.get(b) or {}).get(c, NEUTRAL[c])
+            for k, c in enumerate(self.axes):
+                neutral = registry.neutral(c)
+                v = (blocks.get(b) or {}).get(c, neutral)
                 vals = self.values[i][k]
                 if v not in vals:
-                    if v == NEUTRAL[c]:
+                    if v == neutral:
                         row.append(self.neutral_index(i, c))
                         continue
                     raise ValueError(f"{b} {c} {v!r} is not among {list(vals)}")
@@ -87,11 +103,15 @@ class Layout:
         """The plain recipe of a row (only non-neutral choices), as :meth:`encode` reads."""
         blocks: dict[str, dict[str, Any]] = {}
         for i, b in enumerate(self.blocks):
-            for k, c in enumerate(CHOICES):
-                v = self.values[i][k][int(row[len(CHOICES) * i + k])]
-                if v != NEUTRAL[c]:
+            for k, c in enumerate(self.axes):
+                v = self.values[i][k][int(row[self.width * i + k])]
+                if v != registry.neutral(c):
                     blocks.setdefault(b, {})[c] = v
         return {"blocks": blocks, "head": self.head[int(row[-1])]}
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(block, axis) of every column but the head's, in order."""
+        return [(b, a) for b in self.blocks for a in self.axes]
 
     def random_rows(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` rows drawn uniformly, column by column."""

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from searchcomp.config import CHOICES, OBJECTIVES
+from searchcomp.config import OBJECTIVES
 from searchcomp.predict.accuracy import AccuracyModel
-from searchcomp.predict.costs import CostTable
 from searchcomp.predict.latency import LatencyCalibration
 from searchcomp.predict.layout import Layout, row_keys
+from searchcomp.predict.table import CostTable
 
 
 @dataclass
@@ -62,27 +62,31 @@ class Predictor:
     def scalarized_rows(self, objectives: list[str], rng: np.random.Generator, n: int
                         ) -> np.ndarray:
         """``n`` recipes that each minimise a random positive weighting of the normalised
-        objectives under the additive prior. Both the prior and the costs add up over blocks,
-        so each block's best configuration is found on its own: these rows span the prior's
-        predicted front."""
-        n_c = len(CHOICES)
+        objectives under the additive prior. The prior adds up over blocks and each block's
+        cost change is taken with the others unchanged, so each block's best configuration is
+        found on its own: these rows span the prior's predicted front."""
+        n_c = self.layout.width
         blocks = self.accuracy.block_deltas
         rows = np.tile(self.layout.neutral_row(), (n, 1))
         weights = rng.dirichlet(np.ones(len(objectives)), size=n)
-        for i, vals in enumerate(self.layout.values):
-            shape = tuple(len(v) for v in vals)
-            grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"),
-                            -1).reshape(-1, n_c)
+        for i in range(len(self.layout.blocks)):
+            grid = None
             cols = []
             for o in objectives:
                 if o == "accuracy":
-                    d = sum(np.nan_to_num(blocks[i][k][grid[:, k]]) for k in range(n_c))
-                    cols.append(-d)
+                    continue
+                grid, d = self.costs.block_deltas(i, o)
+                cols.append((o, np.nan_to_num(d) / max(float(self.base[o]), 1e-12)))
+            if grid is None:
+                grid, _ = self.costs.block_deltas(i, self.costs.metrics[0])
+            stacked = []
+            for o in objectives:
+                if o == "accuracy":
+                    stacked.append(-sum(np.nan_to_num(blocks[i][k][grid[:, k]])
+                                        for k in range(n_c)))
                 else:
-                    t = self.costs.blocks[i][o]
-                    d = np.nan_to_num(t[grid[:, 0], grid[:, 1], grid[:, 2]])
-                    cols.append(d / max(float(self.base[o]), 1e-12))
-            score = weights @ np.stack(cols, axis=0)  # (n, configs)
+                    stacked.append(dict(cols)[o])
+            score = weights @ np.stack(stacked, axis=0)  # (n, configs)
             score += rng.random(score.shape) * 1e-9  # break ties at random
             rows[:, n_c * i:n_c * i + n_c] = grid[np.argmin(score, axis=1)]
         head_cols = []
@@ -90,7 +94,7 @@ class Predictor:
             if o == "accuracy":
                 head_cols.append(-np.nan_to_num(self.accuracy.head_deltas))
             else:
-                head_cols.append(np.nan_to_num(self.costs.head[o])
+                head_cols.append(np.nan_to_num(self.costs.head_deltas(o))
                                  / max(float(self.base[o]), 1e-12))
         rows[:, -1] = np.argmin(weights @ np.stack(head_cols, axis=0), axis=1)
         return rows

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from searchcomp.config import CHOICES, KEEP, NEUTRAL, Space
+from searchcomp.choices import axes
+from searchcomp.config import KEEP, Space
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.store import ProfileStore, content_key
 
@@ -49,11 +50,18 @@ def accuracy_context(space: Space) -> dict[str, Any]:
 
 
 def _norm(choice: str, value: Any) -> Any:
-    if choice == "prune":
-        return float(value)
-    if choice == "bits":
-        return int(value)
-    return str(value)
+    """A value in canonical type (a ratio as a float, a bit width as an int), so row keys
+    match however the space file spelled it."""
+    if choice not in axes.names():
+        return str(value)  # the head, the reference
+    try:
+        return axes.get(choice).parse(value)
+    except ValueError:
+        return value
+
+
+def _neutral(choice: str) -> Any:
+    return axes.neutral(choice) if choice in axes.names() else KEEP
 
 
 def wanted_rows(layout: Layout, head_name: str) -> list[tuple[str, str, Any]]:
@@ -61,8 +69,8 @@ def wanted_rows(layout: Layout, head_name: str) -> list[tuple[str, str, Any]]:
     non-neutral value of each block's choices, then (head module, ``head``, value)."""
     out = [REFERENCE]
     for i, b in enumerate(layout.blocks):
-        for k, c in enumerate(CHOICES):
-            out += [(b, c, _norm(c, v)) for v in layout.values[i][k] if v != NEUTRAL[c]]
+        for k, c in enumerate(layout.axes):
+            out += [(b, c, _norm(c, v)) for v in layout.values[i][k] if v != axes.neutral(c)]
     out += [(head_name, "head", h) for h in layout.head if h != KEEP]
     return out
 
@@ -83,7 +91,7 @@ class Sensitivity:
 
     def delta(self, block: str, choice: str, value: Any) -> float | None:
         """Accuracy change of one single change against the reference (None: unknown)."""
-        if value == (KEEP if choice == "head" else NEUTRAL[choice]):
+        if value == _neutral(choice):
             return 0.0
         row = self.rows.get((block, choice, _norm(choice, value)))
         ref = self.reference
@@ -97,7 +105,7 @@ class Sensitivity:
 
     def error(self, block: str, choice: str, value: Any) -> float | None:
         """Output error right after one single change (0 for no change; None: unknown)."""
-        if value == (KEEP if choice == "head" else NEUTRAL[choice]):
+        if value == _neutral(choice):
             return 0.0
         row = self.rows.get((block, choice, _norm(choice, value)))
         return None if row is None or row.get("output_error") is None else \
@@ -112,7 +120,7 @@ class Sensitivity:
         blocks = []
         for i, b in enumerate(layout.blocks):
             per = []
-            for k, c in enumerate(CHOICES):
+            for k, c in enumerate(layout.axes):
                 per.append(np.array([np.nan if (d := get(b, c, v)) is None else d
                                      for v in layout.values[i][k]]))
             blocks.append(per)

@@ -9,10 +9,12 @@ costs only its new rows, and a changed setting never reuses a stale row. No torc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +70,32 @@ class ProfileStore:
             self.save()
 
     def save(self) -> None:
-        """Write the file atomically, keeping rows another process wrote meanwhile."""
-        on_disk = self._read()
-        for s in SECTIONS:
-            on_disk[s].update(self.data[s])
-        self.data = on_disk
+        """Write the file atomically, keeping rows another process wrote meanwhile: the read,
+        merge and write happen under an exclusive lock on ``profile.json.lock`` (two writers
+        merging at once would each write back only their own rows)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
-        tmp.write_text(json.dumps({"format": FORMAT, **self.data}, indent=1, default=str))
-        os.replace(tmp, self.path)
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            on_disk = self._read()
+            for s in SECTIONS:
+                on_disk[s].update(self.data[s])
+            self.data = on_disk
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
+            tmp.write_text(json.dumps({"format": FORMAT, **self.data}, indent=1, default=str))
+            os.replace(tmp, self.path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (between processes, and between threads that open it
+    separately); where ``fcntl`` is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from searchcomp.candidate import Recipe
+from searchcomp.candidate import Recipe, shown_axes
 from searchcomp.config import Space
 from searchcomp.predict.budget import Budget
 from searchcomp.predict.layout import row_keys
@@ -141,7 +141,7 @@ def _predict(space: Space, res, budget: Budget, answer: BudgetAnswer,
     mean, sd = float(p["accuracy"][0]), float(p["accuracy_sd"][0])
     recipe = lay.decode(top[0])
     answer.candidate = {
-        "recipe": recipe, "summary": Recipe.from_dict(recipe).summary(list(lay.blocks)),
+        "recipe": recipe, "summary": Recipe.from_dict(recipe).summary(list(lay.blocks), shown_axes(blocks)),
         "accuracy": mean, "accuracy_sd": sd,
         "accuracy_interval": [max(0.0, mean - Z95 * sd), min(1.0, mean + Z95 * sd)],
         **{k: float(p[k][0]) for k in pred.costs.metrics},

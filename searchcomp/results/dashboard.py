@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from searchcomp.config import Space
+from searchcomp.search.storage import storage_of, study_id
 from searchcomp.search.study import open_study, resolve_storage
 
 
@@ -19,9 +20,9 @@ def serve(space: Space, *, port: int = 8080, storage: str | None = None,
     study = open_study(space, storage=storage, study_name=name, load_only=True)  # must exist
     url = resolve_storage(space, storage, name)
     log(f"dashboard for study {name} ({url})")
-    log(f"open http://{host}:{port}/dashboard/studies/{study._study_id}  (Ctrl-C stops it)")
+    log(f"open http://{host}:{port}/dashboard/studies/{study_id(study)}  (Ctrl-C stops it)")
     try:
-        optuna_dashboard.run_server(study._storage, host=host, port=port)
+        optuna_dashboard.run_server(storage_of(study), host=host, port=port)
     except KeyboardInterrupt:
         log("dashboard stopped")
     except OSError as e:

@@ -214,7 +214,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
             "normalize": {"mean": ctx.splits.train.mean.flatten().tolist(),
                           "std": ctx.splits.train.std.flatten().tolist(),
                           "kind": ctx.splits.normalize},
-            "recipe": recipe.to_dict(), "summary": recipe.summary(ctx.block_names),
+            "recipe": recipe.to_dict(), "summary": recipe.summary(ctx.block_names, ctx.axes),
             "blocks": [{"name": b.name, "convs": list(b.convs)} for b in ctx.blocks],
             "head_name": ctx.head_name, "resized": built.resized}
     probe = next(iter(ctx.splits.test))[0][:8]
@@ -222,7 +222,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
     exported = _write_and_measure(model, info, folder, ctx, probe, runtime.int8)
     with tempfile.TemporaryDirectory(prefix="searchcomp-base-") as tmp:
         base_info = {**info, "trial": None, "recipe": Recipe().to_dict(), "resized": {},
-                     "summary": Recipe().summary(ctx.block_names)}
+                     "summary": Recipe().summary(ctx.block_names, ctx.axes)}
         log("base: writing it the same way, for the comparison")
         base = _write_and_measure(ctx.base, base_info, Path(tmp), ctx, probe, runtime.int8)
     exported.update(params=count_params(model), model_val_accuracy=evaluate(model, ctx.splits.val))

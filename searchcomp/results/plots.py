@@ -11,7 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from searchcomp.config import KEEP, NEUTRAL, OBJECTIVES
+from searchcomp.choices import axes
+from searchcomp.config import KEEP, OBJECTIVES
 
 LABELS = {"accuracy": "validation accuracy", "params": "parameters", "size_mib": "size (MiB)",
           "latency_ms": "latency (ms)", "flops": "FLOPs"}
@@ -64,8 +65,8 @@ def fmt_metric(key: str, value: Any) -> str:
 
 
 def block_choice(recipe_blocks: dict[str, Any], block: str, name: str) -> Any:
-    """The value of choice ``name`` on ``block`` (neutral when the recipe leaves it out)."""
-    return (recipe_blocks.get(block) or {}).get(name, NEUTRAL[name])
+    """The value of axis ``name`` on ``block`` (neutral when the recipe leaves it out)."""
+    return (recipe_blocks.get(block) or {}).get(name, axes.neutral(name))
 
 
 def recipe_lines(recipe: dict[str, Any] | None, blocks: Sequence[str]) -> list[str]:
@@ -76,12 +77,8 @@ def recipe_lines(recipe: dict[str, Any] | None, blocks: Sequence[str]) -> list[s
     names = list(blocks) or list(rb)
     lines, kept = [], []
     for b in names:
-        conv, prune, bits = (block_choice(rb, b, k) for k in ("conv", "prune", "bits"))
-        parts = [] if conv == NEUTRAL["conv"] else [str(conv)]
-        if prune != NEUTRAL["prune"]:
-            parts.append(f"prune {prune:g}")
-        if bits != NEUTRAL["bits"]:
-            parts.append(f"{bits} bit")
+        parts = [a.label(v) for a in axes.all_axes()
+                 if (v := block_choice(rb, b, a.name)) != a.neutral]
         if parts:
             lines.append(f"{b}: {', '.join(parts)}")
         else:
@@ -272,9 +269,13 @@ def _conv_cell(value: str, kinds: list[str], hover_prefix: str) -> tuple[int, st
 
 def choices_heatmap(front: list[dict[str, Any]], blocks: Sequence[str], head_name: str
                     ) -> go.Figure | None:
-    """One row per front member, one column per block (and the head), three panels: the conv
-    choice (by kind), the share of filters pruned, the weights' bit width. Neutral cells (keep,
-    0, 32) are light grey and labelled as such; hover gives the full value."""
+    """One row per front member, one column per block (and the head), one panel per axis
+    the front's recipes show (:func:`searchcomp.candidate.used_axes`): the conv choice by
+    kind (with the head's), then each numeric axis on its own scale (the share of filters
+    pruned, the weights' bit width, ...). Neutral cells are light grey; hover gives the
+    full value."""
+    from searchcomp.candidate import used_axes
+
     if not front:
         return None
     names = list(blocks) or sorted({b for r in front
@@ -284,46 +285,49 @@ def choices_heatmap(front: list[dict[str, Any]], blocks: Sequence[str], head_nam
     ys = [f"trial {r['trial']}" for r in front]
     known = choice_kinds()
     kinds = list(known)
+    shown = [axes.get(a) for a in used_axes([r.get("recipe") for r in front])]
+    head_axis = next((a.name for a in shown if a.heat(a.neutral) is None), None)
     # per panel: z (colour), cell text, hover text; one list per front member
-    panels: dict[str, tuple[list, list, list]] = {k: ([], [], []) for k in ("conv", "prune",
-                                                                            "bits")}
+    panels: dict[str, tuple[list, list, list]] = {a.name: ([], [], []) for a in shown}
     for r in front:
         rb = (r.get("recipe") or {}).get("blocks") or {}
         head = str((r.get("recipe") or {}).get("head", "keep"))
         cells: dict[str, list[tuple[Any, str, str]]] = {k: [] for k in panels}
         for b in names:
             where = f"trial {r['trial']} · {html.escape(b)}<br>"
-            conv, prune, bits = (block_choice(rb, b, k) for k in ("conv", "prune", "bits"))
-            cells["conv"].append(_conv_cell(str(conv), kinds, where + "conv: "))
-            cells["prune"].append((float(prune), f"{prune:g}",
-                                   f"{where}prune: {prune:g} of the filters"))
-            cells["bits"].append((math.log2(32 / int(bits)) if int(bits) > 0 else 5.0,
-                                  str(bits), f"{where}weights: {bits} bit"
-                                  + (" (float)" if int(bits) == 32 else "")))
+            for a in shown:
+                v = block_choice(rb, b, a.name)
+                z = a.heat(v)
+                if z is None:
+                    cells[a.name].append(_conv_cell(str(v), kinds, f"{where}{a.name}: "))
+                else:
+                    text = f"{v:g}" if isinstance(v, float) else str(v)
+                    cells[a.name].append((z, text, f"{where}{html.escape(a.label(v))}"
+                                          + (" (unchanged)" if v == a.neutral else "")))
         where = f"trial {r['trial']} · head {html.escape(head_name)}<br>"
-        cells["conv"].append(_conv_cell(head, kinds, where))
-        cells["prune"].append((None, "", where + "the head is not pruned"))
-        cells["bits"].append((None, "", where + "the head is not quantized"))
+        for a in shown:
+            cells[a.name].append(_conv_cell(head, kinds, where) if a.name == head_axis else
+                                 (None, "", f"{where}the head takes no {a.name}"))
         for k, (zs, texts, hovers) in panels.items():
             zs.append([c[0] for c in cells[k]])
             texts.append([c[1] for c in cells[k]])
             hovers.append([c[2] for c in cells[k]])
 
-    height = 3 * (24 * len(front) + 50) + 140
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=50 / height,
-                        subplot_titles=("conv (keep = unchanged)",
-                                        "prune: share of the block's filters removed (0 = none)",
-                                        "bits of the weights (32 = float)"))
+    n = len(shown)
+    height = n * (24 * len(front) + 50) + 140
+    fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=50 / height,
+                        subplot_titles=[f"{a.name}: {a.description}" for a in shown])
     colors = [known.get(k, OTHER_KIND)[0] for k in kinds]
     common = dict(x=cols, y=ys, texttemplate="%{text}", textfont=dict(size=11), xgap=2, ygap=2,
                   showscale=False, hovertemplate="%{hovertext}<extra></extra>")
-    styles = {"conv": (max(1, len(kinds) - 1), _steps(colors)),
-              "prune": (0.9, [[0, NEUTRAL_CELL], [1, "#d6404e"]]),
-              "bits": (4, [[0, NEUTRAL_CELL], [1, "#6a3d9a"]])}  # z of bits: log2(32 / bits)
-    for i, (name, (z, text, hover_text)) in enumerate(panels.items(), start=1):
-        zmax, scale = styles[name]
+    for i, a in enumerate(shown, start=1):
+        z, text, hover_text = panels[a.name]
+        if a.name == head_axis or a.heat(a.neutral) is None:
+            zmax, scale = max(1, len(kinds) - 1), _steps(colors)
+        else:
+            zmax, scale = a.heat_max, [[0, NEUTRAL_CELL], [1, a.color]]
         fig.add_trace(go.Heatmap(z=z, text=text, hovertext=hover_text, zmin=0, zmax=zmax,
-                                 colorscale=scale, name=name, **common), row=i, col=1)
+                                 colorscale=scale, name=a.name, **common), row=i, col=1)
     fig.update_layout(template=TEMPLATE, height=height, margin=dict(l=80, r=20, t=50, b=90),
                       hoverlabel=dict(align="left"), plot_bgcolor="white")
     fig.update_yaxes(autorange="reversed", type="category")

@@ -8,7 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from searchcomp.config import CHOICES
+from searchcomp.choices import axes
 from searchcomp.results.plots import TEMPLATE
 from searchcomp.results.sensitivity import column_label, columns
 
@@ -21,7 +21,7 @@ def sensitivity_heatmap(rows: list[dict[str, Any]], blocks: list[str], head_name
     known = [r for r in rows if r.get("accuracy_change") is not None and r["block"] != "base"]
     if not known:
         return None
-    block_rows = [r for r in rows if r["choice"] in CHOICES]
+    block_rows = [r for r in rows if r["choice"] in axes.names()]
     cols = columns(block_rows)
     heads = [r for r in rows if r["choice"] == "head"]
     xs = [column_label(c, v) for c, v in cols] + [f"head {r['value']}" for r in heads]

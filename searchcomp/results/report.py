@@ -16,7 +16,7 @@ from typing import Any
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from searchcomp.candidate import legend
+from searchcomp.candidate import legend, used_axes
 from searchcomp.config import OBJECTIVES, Space
 from searchcomp.errors import SearchcompError
 from searchcomp.results.plots import (
@@ -117,6 +117,7 @@ def render(res: Results, blocks: list[str], head_name: str, space_file: str = ""
     if hv_points:
         curve = hypervolume_curve(hv_points, res.objectives)
         hv_html = f"<div class=plot>{_fig_html(curve, 'hypervolume-curve')}</div>"
+    key = legend(used_axes([r.get("recipe") for r in res.rows]))
     sections = [
         _section("pareto", "Pareto front: accuracy against each cost",
                  "<p class=note>Every complete trial is a faint dot (crosses: infeasible; "
@@ -140,7 +141,7 @@ def render(res: Results, blocks: list[str], head_name: str, space_file: str = ""
                  "in (1 − accuracy) × (cost / base cost) space, up to accuracy 0 and the base's "
                  "costs; green rings mark the trials that made it grow.</p>"
                  + hv_html),
-        _section("front", "The front", _table(res) + f"<p class=note>{_esc(legend())}</p>"),
+        _section("front", "The front", _table(res) + f"<p class=note>{_esc(key)}</p>"),
     ]
     sections.insert(2, _predictors_section(res, blocks, head_name, profile_rows))
     return PAGE.format(title=_esc(f"searchcomp report: {res.study}"), css=CSS,

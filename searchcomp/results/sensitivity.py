@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from searchcomp.config import CHOICES
+from searchcomp.choices import axes
 from searchcomp.search.profile import ProfileResult
 
 #: (row key, title, format) of the tables ``profile`` prints, in order
@@ -21,17 +21,14 @@ TABLES = (
 
 def column_label(choice: str, value: Any) -> str:
     """The heading of a single change: ``separable``, ``prune 0.25``, ``8 bit``."""
-    if choice == "prune":
-        return f"prune {value:g}"
-    if choice == "bits":
-        return f"{value} bit"
-    return str(value)
+    return str(value) if choice == "head" else axes.get(choice).label(value)
 
 
 def columns(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """The (choice, value) columns in a stable order: conv values, prune ratios, bit widths."""
+    """The (axis, value) columns in a stable order: conv values, prune ratios, bit widths, ...
+    (the axes' order)."""
     seen: dict[tuple[str, Any], None] = {}
-    for c in CHOICES:
+    for c in axes.names():
         for r in rows:
             if r["choice"] == c:
                 seen.setdefault((c, r["value"]), None)
@@ -51,7 +48,7 @@ def to_text(res: ProfileResult) -> str:
     """The blocks x changes tables ``profile`` prints."""
     t = res.tables
     rows = res.rows()
-    blocks = [r for r in rows if r["choice"] in CHOICES]
+    blocks = [r for r in rows if r["choice"] in axes.names()]
     head = [r for r in rows if r["choice"] == "head"]
     cols = columns(blocks)
     n_known = sum(r["accuracy"] is not None for r in rows)

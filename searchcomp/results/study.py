@@ -13,6 +13,7 @@ from searchcomp.search.front import hypervolume, hypervolume_interval, noise_fro
 from searchcomp.search.remeasure import QUIET_KEY, with_quiet
 from searchcomp.search.states import CONFIRM_OF, is_repeat
 from searchcomp.search.study import SKIPPED, open_study, resolve_storage, trial_row
+from searchcomp.search.trial import with_feasibility
 
 SHOWN = ("accuracy", "params", "size_mib", "latency_ms")
 #: how sure each front point's figures are (see :mod:`searchcomp.measure.intervals`)
@@ -122,7 +123,7 @@ class Results:
             else:
                 lines.append(f"{'greedy':>6}  no block could be swapped at threshold "
                              f"{g['threshold']}")
-        from searchcomp.candidate import legend
+        from searchcomp.candidate import legend, used_axes
         from searchcomp.results.checks import describe_latency_check
 
         quiet = [r for r in [self.base, *self.front] if r.get("latency_quiet")]
@@ -137,7 +138,7 @@ class Results:
         check = describe_latency_check(self.latency_check)
         if check:
             lines.append(check)
-        lines.append(legend())
+        lines.append(legend(used_axes([r.get("recipe") for r in self.rows])))
         return "\n".join(lines)
 
 
@@ -212,12 +213,15 @@ def load_results(space: Space, *, storage: str | None = None,
     # quiet re-measurements (see searchcomp.search.remeasure) replace in-trial latencies
     figures = dict(study.user_attrs.get(QUIET_KEY) or {})
     rows = with_quiet(rows, figures)
+    base = dict(study.user_attrs.get("base") or {})
+    # a trial was judged feasible on its in-trial figures: judge it on the ones shown
+    rows = [with_feasibility(r, space, base) for r in rows]
     # a repeated configuration reused an earlier result, a confirmation run repeats a point:
     # one point each, not two
     complete = [r for r in rows if r["state"] == "complete" and not is_repeat(r)]
     runs = confirmation_accuracies(rows)
-    complete = [with_runs(r, runs.get(r["trial"])) for r in complete]
-    base = dict(study.user_attrs.get("base") or {})
+    complete = [with_feasibility(with_runs(r, runs.get(r["trial"])), space, base)
+                for r in complete]
     if base and figures.get("base"):
         base = with_quiet([{**base, "trial": "base"}], figures)[0]
         base.pop("trial")

@@ -26,7 +26,7 @@ from searchcomp.candidate import Recipe
 from searchcomp.errors import OutputError
 from searchcomp.search.lease import Heartbeat, beat, fail_stale_trials, worker_name
 from searchcomp.search.locks import computing
-from searchcomp.search.runner import weights_name
+from searchcomp.search.runner import bug_reason, weights_name
 from searchcomp.search.samplers import derive_seed
 from searchcomp.search.states import (
     CONFIRM_OF,
@@ -35,7 +35,8 @@ from searchcomp.search.states import (
     STOPPED_REASON,
     is_finished,
 )
-from searchcomp.search.trial import TrialContext, run_trial
+from searchcomp.search.storage import storage_of, study_id, trial_id
+from searchcomp.search.trial import TRIAL_FAILURES, TrialContext, run_trial
 from searchcomp.train import BelowFloor
 
 #: the seed stream of confirmation runs (apart from the search's trial seeds)
@@ -79,9 +80,10 @@ def _create(study: optuna.Study, original: FrozenTrial, k: int) -> Trial:
         distributions=dict(original.distributions),
         user_attrs={CONFIRM_OF: original.number, CONFIRM_RUN: k, "strategy": "confirm",
                     "seed": confirm_seed(original, k)})
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    beat(study._storage, trial_id, worker_name())
-    return Trial(study, trial_id)
+    storage = storage_of(study)
+    tid = storage.create_new_trial(study_id(study), template_trial=template)
+    beat(storage, tid, worker_name())
+    return Trial(study, tid)
 
 
 def confirm_trials(ctx: TrialContext, study: optuna.Study, numbers: list[int], runs: int, *,
@@ -99,14 +101,15 @@ def confirm_trials(ctx: TrialContext, study: optuna.Study, numbers: list[int], r
     log(f"confirm: {len(todo)} run(s) to make ({runs} per front point, "
         f"{len(numbers) * runs - len(todo)} already made); each fine-tunes like a trial")
     ran = 0
-    with Heartbeat(study._storage, heartbeat_s) as hb:
+    with Heartbeat(storage_of(study), heartbeat_s) as hb:
         for i, (number, k) in enumerate(todo, 1):
             original = by_number[number]
             with lock():  # another process may have made it meanwhile
                 if (number, k) not in missing_runs(study, [number], k):
                     continue
                 trial = _create(study, original, k)
-            hb.add(trial._trial_id)
+            tid = trial_id(study, trial.number)
+            hb.add(tid)
             t0 = time.perf_counter()
             try:
                 values, state = _run(ctx, trial, original, k, objectives, on_step)
@@ -118,8 +121,12 @@ def confirm_trials(ctx: TrialContext, study: optuna.Study, numbers: list[int], r
                 trial.set_user_attr("fail_reason", str(e)[:2000])
                 study.tell(trial, None, state=TrialState.FAIL)
                 raise
+            except Exception as e:  # a bug: the run is failed, not counted, and we stop
+                trial.set_user_attr("fail_reason", bug_reason(e))
+                study.tell(trial, None, state=TrialState.FAIL)
+                raise
             finally:
-                hb.remove(trial._trial_id)
+                hb.remove(tid)
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             study.tell(trial, values, state=state)
             ran += 1
@@ -148,7 +155,7 @@ def _run(ctx: TrialContext, trial: Trial, original: FrozenTrial, k: int,
         return None, TrialState.PRUNED
     except OutputError:
         raise
-    except Exception as e:  # the run's own result (a NaN loss, ...): recorded, not repeated
+    except TRIAL_FAILURES as e:  # the run's own result (a NaN loss, ...): recorded, not repeated
         trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
         trial.set_user_attr(COUNTED, True)
         return None, TrialState.FAIL

@@ -76,6 +76,14 @@ class TrialContext:
         return get_scheme(name) if name else self.int8_scheme
 
     @property
+    def axes(self) -> list[str]:
+        """The axes every summary line of this space shows (see
+        :func:`searchcomp.candidate.shown_axes`)."""
+        from searchcomp.candidate import shown_axes
+
+        return shown_axes(self.blocks)
+
+    @property
     def known_base(self) -> dict[str, Any]:
         """The base's figures and key (and the int8 scheme's record), as :func:`prepare`
         accepts them back."""

@@ -94,7 +94,7 @@ def run_greedy(searcher: Searcher, threshold: float, form: str = "cumulative"
     ctx, study = searcher.ctx, searcher.study
     head_values = ctx.space.blocks.head
     swap = swap_value()
-    eligible = [b.name for b in ctx.blocks if swap in b.choices.conv]
+    eligible = [b.name for b in ctx.blocks if swap in b.allowed("conv")]
     # the model the next step starts from: the last kept step's, fine-tuned (None: the base)
     current: dict[str, Any] = {"model": None, "recipe": Recipe()}
 

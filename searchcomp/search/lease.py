@@ -3,9 +3,10 @@
 Every storage gets the same rule (Optuna's own heartbeat covers database storages only, and
 no Ray trial): the process that runs a trial — the local worker, or for Ray the driver that
 owns it — writes the time into the trial every ``heartbeat_s`` seconds. A RUNNING trial silent
-for two heartbeats belongs to a dead process: any worker of the study fails it, with
-``fail_reason: no heartbeat since <time> (<host:pid>)``, and queues its choices again (twice at
-most: a third death counts as the candidate's own failure). Failing is a compare-and-set in
+for two heartbeats belongs to a dead process: any worker of the study fails it, with the
+reason ``no heartbeat since <time> (<host:pid>)`` (:func:`~.states.fail_reason`; it is
+written so that a trial finishing meanwhile keeps no false reason), and queues its choices
+again (twice at most: a third death counts as the candidate's own failure). Failing is a compare-and-set in
 the storage, so two workers never both fail (or re-queue) the same trial. Clocks of the
 machines sharing a study must agree to well within a heartbeat (NTP).
 """
@@ -23,7 +24,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from searchcomp.search.states import CONFIRM_OF, COUNTED, trial_params
+from searchcomp.search.states import CONFIRM_OF, STALE, trial_params
+from searchcomp.search.storage import storage_of, trial_id
 
 #: system attributes (hidden from the dashboard's user attributes) a running trial carries
 HEARTBEAT = "searchcomp:heartbeat"
@@ -91,13 +93,13 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             with self._lock:
                 ids = list(self._ids)
-            for trial_id in ids:
+            for tid in ids:
                 try:
-                    alive = beat(self.storage, trial_id)
+                    alive = beat(self.storage, tid)
                 except Exception:  # a storage hiccup: the next beat tries again
                     continue
                 if not alive:
-                    self.remove(trial_id)
+                    self.remove(tid)
 
     def __enter__(self) -> Heartbeat:
         self._thread = threading.Thread(target=self._run, name="searchcomp-heartbeat",
@@ -127,7 +129,7 @@ def fail_stale_trials(study: optuna.Study, heartbeat_s: float,
     grace = 2 * heartbeat_s
     now = time.time()
     failed = []
-    storage = study._storage
+    storage = storage_of(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         last = last_sign_of_life(t)
         if now - last <= grace:
@@ -139,10 +141,13 @@ def fail_stale_trials(study: optuna.Study, heartbeat_s: float,
         if retries >= MAX_RETRIES:
             reason += f"; the {retries + 1}th time for these choices, so counted as failed"
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-            if retries >= MAX_RETRIES:
-                storage.set_trial_user_attr(t._trial_id, COUNTED, True)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            tid = trial_id(study, t.number)
+            # a finished trial takes no attribute, so the reason goes first, where it means
+            # something only once the state below is FAIL (see states.STALE): a trial that
+            # finishes in between keeps no false reason
+            storage.set_trial_system_attr(tid, STALE, {"reason": reason,
+                                                       "counted": retries >= MAX_RETRIES})
+            storage.set_trial_state_values(tid, TrialState.FAIL)
         except (UpdateFinishedTrialError, KeyError):
             continue  # finished meanwhile, or another worker failed it first
         failed.append(t.number)

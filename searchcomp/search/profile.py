@@ -1,7 +1,7 @@
 """`searchcomp profile`: fill the study's sensitivity table and latency table.
 
-Every row is the candidate with one change (a block's conv value, prune ratio or bit width,
-or a head value) built from the base exactly as a trial builds it, recovered for
+Every row is the candidate with one change (one block's value of one axis — a conv value,
+prune ratio, bit width, stage width — or a head value) built from the base exactly as a trial builds it, recovered for
 ``profile.steps`` fine-tune steps with the same seed for every row, and scored on the
 validation split; the reference row is the unchanged base after the same recovery. Rows are
 stored as they finish (Ctrl-C loses at most the row running), and only missing rows run.
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.choices import axes
 from searchcomp.choices.actquant import calibrate_activations
-from searchcomp.config import KEEP, Space
+from searchcomp.config import Space
 from searchcomp.errors import ChoiceError
 from searchcomp.predict.assemble import Tables, open_tables
 from searchcomp.predict.sensitivity import (
@@ -48,6 +49,9 @@ class ProfileResult:
         """One dict per single change (reference first), with its accuracy change, output
         error and exact cost changes, and its latency change from the latency table."""
         t = self.tables
+        lat = t.latency.table(t.layout)
+        neutral = t.layout.neutral_row()
+        lat0 = float(lat.predict(neutral[None])["latency_ms"][0])
         out = []
         for block, choice, value in wanted_rows(t.layout, t.head_name):
             row = t.sensitivity.rows.get((block, choice, value))
@@ -59,45 +63,44 @@ class ProfileResult:
                     if block else 0.0
                 r["output_error"] = row.get("output_error")
                 r["seconds"] = row.get("seconds")
-            if choice == "head":
-                cost = t.shapes.head_delta(value)
-                lat = t.latency.table(t.layout).head["latency_ms"][t.layout.head.index(value)]
-            elif block:
-                spec = {"conv": KEEP, "prune": 0.0, "bits": 32, choice: value}
-                cost = t.shapes.block_delta(block, spec["conv"], spec["prune"], spec["bits"])
-                ms, ref = (t.latency.block_ms(block, spec["conv"], spec["prune"], spec["bits"]),
-                           t.latency.block_ms(block, KEEP, 0.0, 32))
-                lat = None if ms is None or ref is None else ms - ref
-            else:
-                cost, lat = {"params": 0, "size_mib": 0.0, "flops": 0}, 0.0
+            recipe = single_change(block, choice, value)
+            cost = t.shapes.delta(recipe)
+            ms = float(lat.predict(t.layout.encode(recipe.to_dict())[None])["latency_ms"][0]) \
+                - lat0
             r.update({"params_change": int(cost["params"]),
                       "size_mib_change": float(cost["size_mib"]),
                       "flops_change": int(cost["flops"]),
-                      "latency_ms_change": None if lat is None or lat != lat else float(lat)})
+                      "latency_ms_change": None if ms != ms else float(ms)})
             out.append(r)
         return out
 
 
-def _error_of(init_errors: dict[str, float], block: str, choice: str, convs: tuple[str, ...]
-              ) -> float:
-    """The output error a single change leaves (the worst replaced layer's, for a conv)."""
-    if choice == "conv":
-        return max((init_errors[c] for c in convs if c in init_errors), default=0.0)
+def single_change(block: str, choice: str, value: Any) -> Recipe:
+    """The recipe of one profile row (the reference: the base)."""
+    if (block, choice, value) == REFERENCE:
+        return Recipe()
     if choice == "head":
-        return init_errors.get(block, 0.0)
-    return init_errors.get(f"{block}:{choice}", 0.0)
+        return Recipe(head=value)
+    return Recipe({block: {choice: value}})
+
+
+def _error_of(init_errors: dict[str, float], block: Any, choice: str, name: str) -> float:
+    """The output error a single change leaves: the worst replaced layer's for an axis that
+    replaces layers (conv), else the block's (``<block>:<axis>``)."""
+    if choice == "head":
+        return init_errors.get(name, 0.0)
+    replaced = [layer for layer, effect in axes.get(choice).effects(block).items()
+                if effect == "replace"] if block is not None else []
+    if replaced:
+        return max((init_errors[c] for c in replaced if c in init_errors), default=0.0)
+    return init_errors.get(f"{name}:{choice}", 0.0)
 
 
 def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[str, Any]:
     """Build, recover and score one single-change candidate (the reference: the base)."""
     space = ctx.space
     seed = profile_seed(space)
-    if (block, choice, value) == REFERENCE:
-        recipe = Recipe()
-    elif choice == "head":
-        recipe = Recipe(head=value)
-    else:
-        recipe = Recipe({block: {choice: value}})
+    recipe = single_change(block, choice, value)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
@@ -111,9 +114,9 @@ def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[
                  compute=ctx.compute, teacher_logits=ctx.teacher_logits)
         calibrate_activations(built.model, ctx.calib)  # as a trial does after its fine-tune
     accuracy = evaluate(built.model, ctx.splits.val, ctx.compute)
-    convs = next((b.convs for b in ctx.blocks if b.name == block), ())
+    b = next((b for b in ctx.blocks if b.name == block), None)
     return {"block": block, "choice": choice, "value": value, "accuracy": accuracy,
-            "output_error": _error_of(built.init_errors, block, choice, convs),
+            "output_error": _error_of(built.init_errors, b, choice, block),
             "steps": steps, "seed": seed, "seconds": time.perf_counter() - t0}
 
 

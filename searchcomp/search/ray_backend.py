@@ -1,8 +1,8 @@
 """Ray Tune backend: the same trial function as the local loop, run as Ray trials.
 
-Ray's ``OptunaSearch`` drives the same sampler over the same define-by-run space and asks the
-same Optuna study (same storage) for each trial; when a Ray trial ends, its metrics and user
-attributes are written onto that Optuna trial, so ``front``, ``report``, ``export`` and
+A Ray Tune ``Searcher`` asks the study itself for each trial (its sampler over the same
+define-by-run space, its storage); when a Ray trial ends, its metrics and user attributes are
+written onto that Optuna trial, so ``front``, ``report``, ``export`` and
 ``dashboard`` read a Ray study exactly like a local one.
 
 The bookkeeping is the local loop's: each suggestion checks the quota under the study lock
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +36,24 @@ from searchcomp.search.lease import (
     requeue,
 )
 from searchcomp.search.rungs import StoppedAtRung, full_steps, spent_equivalents
-from searchcomp.search.runner import format_line, sample_recipe, weights_name
+from searchcomp.search.runner import (
+    bug_reason,
+    format_line,
+    record_prediction,
+    sample_recipe,
+    weights_name,
+)
 from searchcomp.search.samplers import space_exhausted
 from searchcomp.search.states import is_running_search
+from searchcomp.search.storage import frozen, storage_of, trial_id
 from searchcomp.search.study import COUNTED, STOPPED_REASON, done_trials, is_done, trial_row
-from searchcomp.search.trial import TrialContext
+from searchcomp.search.trial import TRIAL_FAILURES, TrialContext
 
 RESULT_KEY = "searchcomp"
 #: key of a trial result that says the search must stop (a file could not be written)
 FATAL = "fatal"
+#: key of a trial result holding the traceback of a bug in the worker: the search stops
+BUG = "bug"
 #: seconds between two quota checks while the quota is filled by running trials
 QUOTA_POLL_S = 1.0
 
@@ -71,9 +81,9 @@ class _StoredTrial:
     worker: its attributes, and writes straight to the storage."""
 
     def __init__(self, study: optuna.Study, number: int) -> None:
-        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-        self.number, self.user_attrs = number, dict(frozen.user_attrs)
-        self._storage, self._id = study._storage, frozen._trial_id
+        self._storage, self._id = storage_of(study), trial_id(study, number)
+        self.number = number
+        self.user_attrs = dict(self._storage.get_trial(self._id).user_attrs)
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._storage.set_trial_user_attr(self._id, key, value)
@@ -142,7 +152,7 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec,
         device = worker_device(spec, ray.get_gpu_ids())
         ctx = _context(spec, device, known_base)
         out["device"] = str(ctx.compute.device)
-        out["summary"] = recipe.summary(ctx.block_names)
+        out["summary"] = recipe.summary(ctx.block_names, ctx.axes)
         with computing(ctx.weights_dir.parent):
             if spec.strategy == "rungs":
                 from searchcomp.search.rungs import climb
@@ -163,8 +173,11 @@ def ray_trial(config: dict[str, Any], spec: WorkerSpec,
     except OutputError as e:  # the disk's fault: not counted, and the search stops
         out.update({"fail_reason": str(e)[:2000], FATAL: str(e)})
         metrics = {}
-    except Exception as e:  # the trial's own result: recorded, the search goes on
+    except TRIAL_FAILURES as e:  # the trial's own result: recorded, the search goes on
         out.update({"fail_reason": f"{type(e).__name__}: {e}"[:2000], COUNTED: True})
+        metrics = {}
+    except Exception as e:  # a bug: not counted; the driver stops with this traceback
+        out.update({"fail_reason": bug_reason(e), BUG: traceback.format_exc()})
         metrics = {}
     out["seconds"] = time.perf_counter() - t0
     out["finished_at"] = time.time()
@@ -176,23 +189,31 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
                    on_row: Callable[[dict], None], lock, heartbeat: Heartbeat,
                    log: Callable[[str], None], budget: float | None = None):
     from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
 
     objectives = list(ctx.space.objectives)
     heartbeat_s = float(ctx.space.search.heartbeat_s)
     todo = max(0, n_trials - len(done_trials(study)))
+    head_values = ctx.space.blocks.head
 
-    class StudySearch(OptunaSearch):
-        """OptunaSearch that checks the study's quota before each trial, keeps the trials'
-        heartbeats, and writes each trial's attributes into the shared study."""
+    class StudySearch(Searcher):
+        """A Ray Tune searcher that asks the study itself (its sampler, its storage): it
+        checks the study's quota before each trial, keeps the trials' heartbeats, and writes
+        each trial's attributes and result into the study. Ray's public ``Searcher`` API."""
 
-        fatal: str | None = None
-        stopped: str | None = None
-        _asked = 0
-        _next_check = 0.0
+        def __init__(self) -> None:
+            super().__init__()
+            #: Ray's trial id -> the Optuna trial it runs
+            self.trials: dict[str, optuna.trial.Trial] = {}
+            self.completed: set[str] = set()
+            self.fatal: str | None = None
+            #: the traceback of a bug in a worker: the search stops and raises it
+            self.bug: str | None = None
+            self.stopped: str | None = None
+            self._asked = 0
+            self._next_check = 0.0
 
-        def suggest(self, trial_id: str) -> dict | None:
-            if self.fatal or self._asked >= 3 * todo + 10:
+        def suggest(self, ray_id: str) -> dict | None:
+            if self.fatal or self.bug or self._asked >= 3 * todo + 10:
                 return Searcher.FINISHED
             if time.monotonic() < self._next_check:
                 return None  # the quota was full a moment ago: Tune asks again soon
@@ -217,64 +238,69 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
                     log("the search space is exhausted: every configuration is done or "
                         "running; stopping")
                     return Searcher.FINISHED
-                config = super().suggest(trial_id)
-                heartbeat.add(self._ot_trials[trial_id]._trial_id)
+                trial = study.ask()
+                heartbeat.add(trial_id(study, trial.number))
+                recipe = sample_recipe(trial, ctx.blocks, head_values)
+                record_prediction(study, trial)
+            self.trials[ray_id] = trial
             self._asked += 1
-            return config
+            return {**{b: dict(v) for b, v in recipe.blocks.items()}, "head": recipe.head,
+                    "_number": trial.number}
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+        def on_trial_complete(self, ray_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            if ray_id in self.completed or ray_id not in self.trials:
                 return
-            ot_trial = self._ot_trials[trial_id]
-            heartbeat.remove(ot_trial._trial_id)
-            self._completed_trials.add(trial_id)
+            trial = self.trials[ray_id]
+            heartbeat.remove(trial_id(study, trial.number))
+            self.completed.add(ray_id)
             if not (result and RESULT_KEY in result):
-                self._worker_died(ot_trial)
+                self._worker_died(trial)
                 return
             attrs = json.loads(result[RESULT_KEY])
             for k, v in attrs.items():
-                if k not in ("constraints", FATAL):
-                    ot_trial.set_user_attr(k, v)
+                if k not in ("constraints", FATAL, BUG):
+                    trial.set_user_attr(k, v)
             for k, v in (attrs.get("constraints") or {}).items():
-                ot_trial.set_constraint(k, float(v))
+                trial.set_constraint(k, float(v))
             if FATAL in attrs:
                 self.fatal = attrs[FATAL]
+            if BUG in attrs:
+                self.bug = f"trial {trial.number}: {attrs['fail_reason']}\n{attrs[BUG]}"
             if "fail_reason" in attrs:
                 state, values = TrialState.FAIL, None
             elif STOPPED_REASON in attrs:
                 state, values = TrialState.PRUNED, None
             else:
                 state, values = TrialState.COMPLETE, [float(result[o]) for o in objectives]
-            self._tell(ot_trial, values, state)
+            self._tell(trial, values, state)
 
-        def _worker_died(self, ot_trial) -> None:
+        def _worker_died(self, trial) -> None:
             """No result: the worker process died (killed, out of memory) or Ray failed. Not
             the candidate's fault: failed, not counted, its choices queued again."""
-            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-            retries = count_retries(study, frozen)
+            retries = count_retries(study, frozen(study, trial.number))
             reason = ("the Ray worker running it died or failed before reporting (see the Ray "
                       "logs under the study's ray/ folder)")
-            ot_trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("fail_reason", reason)
             if retries >= MAX_RETRIES:
-                ot_trial.set_user_attr(COUNTED, True)
-            self._tell(ot_trial, None, TrialState.FAIL)
+                trial.set_user_attr(COUNTED, True)
+            self._tell(trial, None, TrialState.FAIL)
             if retries < MAX_RETRIES:
-                requeue(study, frozen)
-            log(f"trial {ot_trial.number}: {reason}; "
+                requeue(study, frozen(study, trial.number))
+            log(f"trial {trial.number}: {reason}; "
                 + ("its choices are queued again" if retries < MAX_RETRIES else
                    f"the {retries + 1}th time for these choices, so counted as failed"))
 
-        def _tell(self, ot_trial, values, state) -> None:
+        def _tell(self, trial, values, state) -> None:
             try:
-                self._ot_study.tell(ot_trial, values, state=state)
+                study.tell(trial, values, state=state)
             except optuna.exceptions.UpdateFinishedTrialError:
-                log(f"trial {ot_trial.number}: failed as stale by another worker while it "
+                log(f"trial {trial.number}: failed as stale by another worker while it "
                     "ran; its result is dropped")
                 return
-            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-            if is_done(frozen):
-                on_row(trial_row(frozen, objectives))
+            t = frozen(study, trial.number)
+            if is_done(t):
+                on_row(trial_row(t, objectives))
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the study storage holds the state, and a rerun resumes it."""
@@ -284,17 +310,8 @@ def _make_searcher(ctx: TrialContext, study: optuna.Study, n_trials: int,
 
     from searchcomp.search.runner import recipe_space
 
-    ctx_space = recipe_space(ctx.blocks, ctx.space.blocks.head)
-
-    def define(trial) -> dict[str, Any]:
-        sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
-        return {"_number": trial.number}
-
-    modes = ["max" if d == "maximize" else "min" for d in ctx.space.directions]
-    searcher = StudySearch(space=define, metric=objectives, mode=modes,
-                           sampler=study.sampler, study_name=study.study_name,
-                           storage=study._storage)
-    return searcher
+    ctx_space = recipe_space(ctx.blocks, head_values)
+    return StudySearch()
 
 
 def remeasure_task(spec: WorkerSpec, points: list[dict[str, Any]], with_base: bool,
@@ -361,7 +378,7 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
         tune.with_parameters(ray_trial, spec=spec, known_base=ctx.known_base),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = Path(ctx.space.studies_dir).resolve() / spec.study_name / "ray"
-    with Heartbeat(study._storage, ctx.space.search.heartbeat_s) as heartbeat:
+    with Heartbeat(storage_of(study), ctx.space.search.heartbeat_s) as heartbeat:
         searcher = _make_searcher(ctx, study, n_trials, on_row, lock, heartbeat, log, budget)
         # an upper bound: the searcher says when the study has its N distinct candidates
         # (trials whose worker died are run again and need slots of their own)
@@ -379,9 +396,12 @@ def run_ray(ctx: TrialContext, study: optuna.Study, spec: WorkerSpec, n_trials: 
             tuner.fit()
     if searcher.fatal:
         raise OutputError(searcher.fatal)
+    if searcher.bug:
+        raise RuntimeError(f"a Ray trial raised an error that is not a trial failure (a bug); "
+                           f"the search stopped. {searcher.bug}")
     from searchcomp.search.remeasure import remeasure_front
 
     task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(remeasure_task)
-    remeasure_front(study, list(ctx.space.objectives),
+    remeasure_front(study, ctx.space, ctx.base_metrics,
                     lambda pts, base: ray.get(task.remote(spec, pts, base, ctx.known_base)), lock, log)
     return ran[0]

@@ -28,13 +28,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from searchcomp.candidate import Recipe, build
+from searchcomp.config import Space
 from searchcomp.search.context import measure_model
 from searchcomp.search.front import pareto_front
 from searchcomp.search.lease import worker_name
 from searchcomp.search.locks import quiet
 from searchcomp.search.states import is_repeat
 from searchcomp.search.study import trial_row
-from searchcomp.search.trial import TrialContext
+from searchcomp.search.trial import TrialContext, with_feasibility
 
 QUIET_KEY = "quiet_latency"
 #: rounds of "measure the front, recompute it" before giving up on a moving front
@@ -106,13 +107,17 @@ def time_points(ctx: TrialContext, points: list[dict[str, Any]], with_base: bool
     return out
 
 
-def remeasure_front(study: optuna.Study, objectives: list[str],
+def remeasure_front(study: optuna.Study, space: Space, base: dict[str, Any],
                     measure_points: Callable[[list[dict[str, Any]], bool],
                                              dict[str, dict[str, Any]]],
                     lock: Lock | None = None, log: Callable[[str], None] = print) -> int:
     """Measure every front point again (quietly, see the module doc) and store the figures;
-    ``measure_points(points, with_base)`` does the measuring (here, or as a Ray task).
+    ``measure_points(points, with_base)`` does the measuring (here, or as a Ray task). The
+    front is that of the figures as they stand, feasibility included (a point the quiet
+    figure brings under a latency limit joins it, so a point over the limit in its trial is
+    measured too when it would be on the front; ``base``: the base's metrics).
     Returns how many trials were measured."""
+    objectives = list(space.objectives)
     rows = original_rows(study, objectives)
     if not rows:
         return 0
@@ -120,7 +125,12 @@ def remeasure_front(study: optuna.Study, objectives: list[str],
     attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
     t0 = time.perf_counter()
     for _ in range(MAX_ROUNDS):
-        front = pareto_front(with_quiet(list(rows.values()), fresh), objectives)
+        # a point over the latency limit in its trial may be under it quietly: it counts
+        # as feasible until its quiet figure says otherwise
+        now = [with_feasibility(r, space, base, () if r.get("latency_quiet")
+                                else ("max_latency_ms",))
+               for r in with_quiet(list(rows.values()), fresh)]
+        front = pareto_front(now, objectives)
         todo = [{"trial": r["trial"], "attrs": dict(attrs[r["trial"]])} for r in front
                 if str(r["trial"]) not in fresh]
         if not todo:
@@ -140,5 +150,5 @@ def remeasure_front(study: optuna.Study, objectives: list[str],
 def remeasure_here(ctx: TrialContext, study: optuna.Study, lock: Lock | None = None,
                    log: Callable[[str], None] = print) -> int:
     """:func:`remeasure_front` in this process."""
-    return remeasure_front(study, list(ctx.space.objectives),
+    return remeasure_front(study, ctx.space, ctx.base_metrics,
                            lambda pts, base: time_points(ctx, pts, base), lock, log)

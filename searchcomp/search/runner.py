@@ -22,7 +22,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
 from searchcomp.candidate import Recipe
-from searchcomp.config import CHOICES, KEEP, NEUTRAL
+from searchcomp.choices import axes
+from searchcomp.config import KEEP
 from searchcomp.errors import OutputError
 from searchcomp.models import Block
 from searchcomp.search.front import pareto_front
@@ -41,21 +42,28 @@ from searchcomp.search.states import (
     is_repeat,
     is_running_search,
 )
+from searchcomp.search.storage import frozen, storage_of, trial_id
 from searchcomp.search.study import done_trials, trial_row
-from searchcomp.search.trial import TrialContext, run_trial
+from searchcomp.search.trial import TRIAL_FAILURES, TrialContext, run_trial
 from searchcomp.train import BelowFloor, total_steps
 
-__all__ = ["Progress", "Searcher", "format_line", "param_name",
+__all__ = ["Progress", "Searcher", "block_params", "format_line", "param_name",
            "recipe_params", "recipe_space", "sample_recipe", "weights_name"]
 
 #: failures that are a trial's own result (an impossible combination, a NaN loss, out of
-#: memory, a bug a choice triggers): recorded with the reason, then the search goes on
-TRIAL_ERRORS = (Exception,)
+#: memory): recorded with the reason, then the search goes on; anything else is a bug
+TRIAL_ERRORS = TRIAL_FAILURES
 #: seconds between looks at the study while the quota is filled by trials of other workers
 POLL_S = 5.0
 #: attributes a duplicate does not copy from the trial it is answered from
 OWN_ATTRS = ("strategy", "tag", "greedy_step", "greedy_block", "greedy_pass", "greedy_form",
              "retry_of", "confirm_of", "confirm_run")
+
+
+def bug_reason(e: BaseException) -> str:
+    """The ``fail_reason`` of a trial that stopped the run on an unexpected error."""
+    return (f"{type(e).__name__}: {e} (not a trial failure but a bug: the run stopped with "
+            "its traceback; not counted, so a rerun tries these choices again)")[:2000]
 
 
 def weights_name(number: int) -> str:
@@ -71,25 +79,33 @@ def param_name(block: str, choice: str) -> str:
     return f"{block}/{choice}"
 
 
+def block_params(b: Block) -> list[str]:
+    """The axes that are Optuna parameters of block ``b``: every ``always`` axis (conv,
+    prune, bits: the parameters of every study so far, even with one value) and any other
+    with more than one value here."""
+    return [a.name for a in axes.all_axes() if a.always or len(b.allowed(a.name)) > 1]
+
+
 def recipe_space(blocks: list[Block], head_values: tuple[str, ...]
                  ) -> dict[str, BaseDistribution]:
     """Every Optuna parameter of a recipe with its distribution (what :func:`sample_recipe`
     suggests)."""
     space: dict[str, BaseDistribution] = {}
     for b in blocks:
-        for c in CHOICES:
-            space[param_name(b.name, c)] = CategoricalDistribution(list(getattr(b.choices, c)))
+        for c in block_params(b):
+            space[param_name(b.name, c)] = CategoricalDistribution(list(b.allowed(c)))
     space["head"] = CategoricalDistribution(list(head_values))
     return space
 
 
 def sample_recipe(trial: Trial, blocks: list[Block], head_values: tuple[str, ...]) -> Recipe:
-    """Define-by-run: one categorical parameter per block and choice, and one for the head."""
+    """Define-by-run: one categorical parameter per block and axis (see
+    :func:`block_params`), and one for the head."""
     chosen = {}
     for b in blocks:
         chosen[b.name] = {c: trial.suggest_categorical(param_name(b.name, c),
-                                                       list(getattr(b.choices, c)))
-                          for c in CHOICES}
+                                                       list(b.allowed(c)))
+                          for c in block_params(b)}
     head = trial.suggest_categorical("head", list(head_values))
     return Recipe(chosen, str(head))
 
@@ -98,21 +114,33 @@ def recipe_params(recipe: Recipe, blocks: list[Block], head_values: tuple[str, .
                   ) -> dict[str, Any]:
     """Optuna parameters that make :func:`sample_recipe` return ``recipe``.
 
-    A value a block does not allow falls back to neutral (keep / 0 / 32) when that is
+    A value a block does not allow falls back to neutral (keep / 0 / 32 / ...) when that is
     allowed, else to the block's first value.
     """
     params: dict[str, Any] = {}
     for b in blocks:
-        for c in CHOICES:
-            allowed = list(getattr(b.choices, c))
+        for c in block_params(b):
+            allowed = list(b.allowed(c))
             v = recipe.choice(b.name, c)
             if v not in allowed:
-                v = NEUTRAL[c] if NEUTRAL[c] in allowed else allowed[0]
+                neutral = axes.neutral(c)
+                v = neutral if neutral in allowed else allowed[0]
             params[param_name(b.name, c)] = v
     head = recipe.head if recipe.head in head_values else (
         KEEP if KEEP in head_values else head_values[0])
     params["head"] = head
     return params
+
+
+def record_prediction(study: optuna.Study, trial: Trial) -> None:
+    """Store what a predicting sampler (the surrogate) expected of ``trial`` on it, once its
+    choices are sampled: the sampler keeps it (a sampler sees only frozen trials)."""
+    from searchcomp.search.surrogate import PREDICTED
+
+    take = getattr(study.sampler, "take_prediction", None)
+    info = take(trial.number) if take is not None else None
+    if info is not None:
+        trial.set_user_attr(PREDICTED, info)
 
 
 def _no_lock() -> contextlib.AbstractContextManager[None]:
@@ -154,7 +182,7 @@ class Searcher:
         self._outcome = "ran"
         recipe = sample_recipe(trial, ctx.blocks, ctx.space.blocks.head)
         trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr("summary", recipe.summary(ctx.block_names))
+        trial.set_user_attr("summary", recipe.summary(ctx.block_names, ctx.axes))
         trial.set_user_attr("strategy", trial.user_attrs.get("strategy", self.strategy))
         start = self.start_from(trial) if self.start_from else None
         same = self._same_recipe(trial) if start is None else None
@@ -229,9 +257,10 @@ class Searcher:
         recording the trial as failed and not counted."""
         with contextlib.ExitStack() as stack:
             hb = self._heartbeat or stack.enter_context(
-                Heartbeat(self.study._storage, self.heartbeat_s))
-            hb.add(trial._trial_id)
-            stack.callback(hb.remove, trial._trial_id)
+                Heartbeat(storage_of(self.study), self.heartbeat_s))
+            tid = trial_id(self.study, trial.number)
+            hb.add(tid)
+            stack.callback(hb.remove, tid)
             values, state = None, TrialState.COMPLETE
             try:
                 values = self.objective(trial)
@@ -247,6 +276,10 @@ class Searcher:
                 raise
             except TRIAL_ERRORS:
                 state = TrialState.FAIL
+            except Exception as e:  # a bug: not the candidate's result; the run stops on it
+                trial.set_user_attr("fail_reason", bug_reason(e))
+                self._tell(trial, None, TrialState.FAIL)
+                raise
         self._tell(trial, values, state)
         gc.collect()
         return self._outcome
@@ -259,7 +292,7 @@ class Searcher:
             self.log(f"trial {trial.number}: another worker failed it as stale while it ran "
                      f"(no heartbeat for {2 * self.heartbeat_s:g} s); its result is dropped")
             return
-        self._callback(self.study, self.study._storage.get_trial(trial._trial_id))
+        self._callback(self.study, frozen(self.study, trial.number))
 
     def _callback(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.user_attrs.get(SKIPPED) or (frozen.state == TrialState.FAIL
@@ -277,8 +310,9 @@ class Searcher:
     def _ask(self) -> Trial:
         """Create a trial (the oldest queued one first) and store its choices."""
         trial = self.study.ask()
-        beat(self.study._storage, trial._trial_id, worker_name())
+        beat(storage_of(self.study), trial_id(self.study, trial.number), worker_name())
         sample_recipe(trial, self.ctx.blocks, self.ctx.space.blocks.head)
+        record_prediction(self.study, trial)
         return trial
 
     def claim(self, n_trials: int | None = None, budget: float | None = None
@@ -341,7 +375,7 @@ class Searcher:
         gc.collect()
         gc.freeze()
         try:
-            with Heartbeat(self.study._storage, self.heartbeat_s) as hb, \
+            with Heartbeat(storage_of(self.study), self.heartbeat_s) as hb, \
                     CoreShare(self.ctx.weights_dir.parent) as cores:
                 self._heartbeat = hb
                 # the bound stops a loop of trials that never count (answered duplicates,

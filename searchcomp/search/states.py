@@ -28,6 +28,30 @@ CONFIRM_OF = "confirm_of"
 CONFIRM_RUN = "confirm_run"
 
 
+#: system attribute a worker writes on a RUNNING trial it is about to fail as stale (its
+#: process died): ``{"reason", "counted"}``. Written before the state change (a finished
+#: trial takes no attribute), it means something only on a trial that ended FAIL without a
+#: ``fail_reason`` of its own: a trial that finished in between keeps no false reason.
+STALE = "searchcomp:stale"
+
+
+def fail_reason(t: FrozenTrial) -> str | None:
+    """Why ``t`` failed: its own ``fail_reason``, else the stale check's (a FAIL trial whose
+    process died), else None."""
+    own = t.user_attrs.get("fail_reason")
+    if own is not None:
+        return own
+    stale = t.system_attrs.get(STALE)
+    return stale["reason"] if stale and t.state == TrialState.FAIL else None
+
+
+def _counted_failure(t: FrozenTrial) -> bool:
+    if t.user_attrs.get("fail_reason") is not None:  # told by its own process
+        return bool(t.user_attrs.get(COUNTED))
+    stale = t.system_attrs.get(STALE)
+    return bool(t.user_attrs.get(COUNTED) or (stale and stale.get("counted")))
+
+
 def is_repeat(attrs: dict[str, Any]) -> bool:
     """A trial (its user attributes, or a row) that repeats another's choices on purpose: an
     answered duplicate or a confirmation run. Not a new candidate: not counted, not a point of
@@ -52,7 +76,7 @@ def is_finished(t: FrozenTrial) -> bool:
     if t.user_attrs.get(SKIPPED):
         return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        t.state == TrialState.FAIL and bool(t.user_attrs.get(COUNTED)))
+        t.state == TrialState.FAIL and _counted_failure(t))
 
 
 def is_done(t: FrozenTrial) -> bool:

@@ -20,9 +20,11 @@ from searchcomp.search.states import (  # noqa: F401 - re-exported: the study's 
     DUPLICATE_OF,
     SKIPPED,
     STOPPED_REASON,
+    fail_reason,
     is_done,
     is_finished,
 )
+from searchcomp.search.storage import load_on, study_on
 
 #: what a trial stores beside its accuracy and latency to say how sure they are
 INTERVAL_KEYS = ("accuracy_low", "accuracy_high", "val_images", "latency_p10_ms",
@@ -91,7 +93,7 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
     store = make_storage(url)
     if load_only:
         try:
-            return optuna.load_study(study_name=name, storage=store)
+            return load_on(store, name)
         except KeyError:
             raise SearchcompError(f"no study named {name!r} in {url}; run "
                                   f"'searchcomp run {space.file}' first") from None
@@ -99,8 +101,8 @@ def open_study(space: Space, *, storage: str | None = None, study_name: str | No
     smp = make_sampler(sampler or s.sampler, s.seed if seed is None else seed,
                        n_trials or s.trials, s.population_size, recipe_space)
     try:
-        study = optuna.create_study(storage=store, study_name=name, sampler=smp,
-                                    directions=space.directions, load_if_exists=True)
+        study = study_on(store, study_name=name, sampler=smp, directions=space.directions,
+                         load_if_exists=True)
     except ValueError as e:  # existing study with other directions
         raise SearchcompError(f"study {name!r} in {url} exists with other objectives: {e}; "
                               "use --study NAME for a new one") from None
@@ -141,9 +143,12 @@ def trial_row(t: FrozenTrial, objectives: list[str] | tuple[str, ...]) -> dict[s
            "summary": a.get("summary"), "strategy": a.get("strategy", "search"),
            "tag": a.get("tag"), "feasible": a.get("feasible", True)}
     for k in ("accuracy", *INTERVAL_KEYS, "params", "size_mib", "latency_ms", "flops",
-              "latency_runtime", "weights", "finetune_seconds", "max_init_error", "fail_reason", STOPPED_REASON,
+              "latency_runtime", "weights", "finetune_seconds", "max_init_error", STOPPED_REASON,
               DUPLICATE_OF, "retry_of", CONFIRM_OF, CONFIRM_RUN, "seed", "anchor", "rung",
               "rung_accuracy", "rung_costs", "finetune_steps_spent", "finetune_steps"):
         if k in a:
             row[k] = a[k]
+    why = fail_reason(t)
+    if why is not None:
+        row["fail_reason"] = why
     return row

@@ -20,7 +20,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from searchcomp.config import CHOICES
 from searchcomp.predict.budget import COSTS, Budget
 from searchcomp.predict.layout import Layout
 from searchcomp.predict.predictor import Predictor
@@ -42,6 +41,9 @@ class SurrogateSampler(BaseSampler):
         self.objectives: list[str] = []
         self.region = Budget()
         self._params: list[str] = []
+        #: what was predicted for each trial it proposed, by trial number, until the driver
+        #: stores it on the trial (:meth:`take_prediction`)
+        self._predicted: dict[int, dict[str, Any]] = {}
 
     def attach(self, predictor: Predictor, objectives: list[str], region: Budget | None = None,
                params: list[str] | None = None) -> SurrogateSampler:
@@ -50,7 +52,7 @@ class SurrogateSampler(BaseSampler):
         lay = predictor.layout
         self.predictor, self.objectives = predictor, list(objectives)
         self.region = region or Budget()
-        self._params = params or [f"{b}/{c}" for b in lay.blocks for c in CHOICES] + ["head"]
+        self._params = params or [f"{b}/{c}" for b, c in lay.columns()] + ["head"]
         return self
 
     def reseed_rng(self) -> None:
@@ -74,9 +76,15 @@ class SurrogateSampler(BaseSampler):
         row, info = self.propose(study, trial)
         if row is None:
             return {}  # every recipe has run: fall back to independent sampling
-        study._storage.set_trial_user_attr(trial._trial_id, PREDICTED, info)
+        self._predicted[trial.number] = info
         params = self._row_params(row)
         return {k: v for k, v in params.items() if k in search_space}
+
+    def take_prediction(self, number: int) -> dict[str, Any] | None:
+        """What was predicted for trial ``number`` (once; None if it proposed nothing). A
+        sampler sees frozen trials only, so the driver holding the live trial stores it as
+        the ``predicted`` user attribute (:func:`searchcomp.search.runner.record_prediction`)."""
+        return self._predicted.pop(number, None)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -193,4 +201,4 @@ def _costs(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def layout_params(layout: Layout, param_name) -> list[str]:
     """The Optuna parameter names of a layout's columns, given the runner's ``param_name``."""
-    return [param_name(b, c) for b in layout.blocks for c in CHOICES] + ["head"]
+    return [param_name(b, c) for b, c in layout.columns()] + ["head"]

@@ -20,16 +20,23 @@ from torch import nn
 from searchcomp.candidate import Built, Recipe, build
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
+from searchcomp.errors import ChoiceError
 from searchcomp.measure.intervals import accuracy_attrs
 from searchcomp.search.context import CALIB_IMAGES, TrialContext, measure_model, prepare
 from searchcomp.search.files import write_atomic
 from searchcomp.search.locks import measuring
-from searchcomp.train import evaluate, finetune
+from searchcomp.train import DivergedError, evaluate, finetune
 
-__all__ = ["CALIB_IMAGES", "METRICS", "TrialContext", "TrialOutcome", "constraint_values",
-           "prepare", "run_trial", "save_weights"]
+__all__ = ["CALIB_IMAGES", "METRICS", "TRIAL_FAILURES", "TrialContext", "TrialOutcome",
+           "constraint_values", "prepare", "run_trial", "save_weights", "with_feasibility"]
 
 METRICS = ("accuracy", "params", "size_mib", "latency_ms", "flops")
+#: what a trial may raise as its own result — a combination that cannot be built, a loss
+#: that diverged, out of memory: recorded with the reason, counted, never tried again. Any
+#: other exception is a bug: the trial is failed (not counted) and the run stops with it.
+TRIAL_FAILURES: tuple[type[BaseException], ...] = (
+    ChoiceError, DivergedError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+    MemoryError)
 
 
 @dataclass
@@ -78,6 +85,24 @@ def constraint_values(space: Space, metrics: dict[str, Any], base: dict[str, Any
         if limit is not None:
             out[f"max_{key}"] = (metrics[key] - limit) / limit
     return out
+
+
+def with_feasibility(row: dict[str, Any], space: Space, base: dict[str, Any],
+                     ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``row`` (a trial's metrics) with ``constraints`` and ``feasible`` computed again from
+    its figures as they stand now: a quiet latency re-measurement or the mean of confirmation
+    runs replaces the figure the trial was judged on. Constraints in ``ignore`` (e.g.
+    ``max_latency_ms`` before the quiet figure is known) do not count against ``feasible``.
+    Unchanged when a figure is missing."""
+    needed = {"max_accuracy_drop": "accuracy", "max_params": "params",
+              "max_size_mib": "size_mib", "max_latency_ms": "latency_ms"}
+    limits = [k for k, v in space.constraints.model_dump().items() if v is not None]
+    if any(row.get(needed[k]) is None for k in limits) or (
+            "max_accuracy_drop" in limits and base.get("accuracy") is None):
+        return row
+    values = constraint_values(space, row, base)
+    ok = all(v <= 0 for k, v in values.items() if k not in ignore)
+    return {**row, "constraints": values, "feasible": ok}
 
 
 def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
@@ -147,16 +172,16 @@ def run_trial(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str,
 def changes_on_top(recipe: Recipe, start: Recipe) -> Recipe:
     """The changes that turn a model already built as ``start`` into ``recipe``; each must
     change a choice ``start`` left neutral (a built change cannot be undone)."""
-    from searchcomp.config import CHOICES, KEEP, NEUTRAL
-    from searchcomp.errors import ChoiceError
+    from searchcomp.choices import axes
+    from searchcomp.config import KEEP
 
     blocks: dict[str, dict] = {}
     for b in {*recipe.blocks, *start.blocks}:
-        for c in CHOICES:
+        for c in axes.names():
             want, have = recipe.choice(b, c), start.choice(b, c)
             if want == have:
                 continue
-            if have != NEUTRAL[c]:
+            if have != axes.neutral(c):
                 raise ChoiceError(f"cannot build {b} {c}={want!r} on a model that already has "
                                   f"{c}={have!r} there")
             blocks.setdefault(b, {})[c] = want
