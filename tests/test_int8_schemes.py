@@ -136,7 +136,7 @@ def test_the_latency_table_times_int8_blocks_as_int8(tmp_path):
     module, shape = table.module("layer1.0", ("keep", 0.0, 8))
     assert int8_scheme_of(module).name == "u8s8-rr"
     lat = time_latency(module, shape, runs=30, warmup=1, runtime="onnxruntime-int8",
-                       calib=table.block_inputs("layer1.0", None))
+                       calib=table.block_inputs("layer1.0", shape[0]))
     assert "int8 u8s8-rr: " in lat.runtime and "QLinearConv x2" in lat.runtime
     float_block, _ = table.module("layer1.0", ("keep", 0.0, 32))
     assert int8_scheme_of(float_block) is None
@@ -147,4 +147,4 @@ def test_the_latency_table_times_int8_blocks_as_int8(tmp_path):
     assert again.scheme == "u8s8-rr" and not again.missing(layout)
     other = LatencyTable(costs, base, space.measure, ProfileStore(tmp_path / "p.json"), "u8u8")
     assert other.missing(layout)
-    assert np.isfinite(again.block_ms("layer1.0", "keep", 0.0, 8))
+    assert np.isfinite(again.block_ms("layer1.0", {"conv": "keep", "prune": 0.0, "bits": 8}))

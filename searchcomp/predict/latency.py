@@ -224,8 +224,9 @@ class LatencyTable:
             module, shape = self.module(path, value)
             lat = time_latency(module, shape, batch_size=m.batch_size, threads=m.threads,
                                runs=m.runs, warmup=m.warmup, runtime=m.runtime,
-                               device=m.device, calib=self._inputs.get(path)
-                               if self._inputs else None)
+                               device=m.device,
+                               calib=self.block_inputs(path, shape[0])
+                               if self._inputs and path in self._inputs else None)
             key = self._key(path, value)
             self._ms[key] = lat.median_ms
             self.runtime = lat.runtime
