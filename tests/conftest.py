@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,17 +11,33 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: under pytest-xdist (``-n 2``), each worker process trains on one thread of its own
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 def pytest_collection_modifyitems(items):
-    """Tests on the shared finished study are end-to-end: they run a whole search first."""
+    """Tests on the shared finished study are end-to-end: they run a whole search first.
+
+    Groups for ``pytest -n 2 --dist loadgroup`` (what ``python3 -m pytest`` runs): a module's
+    tests stay on one worker (its module-scoped fixtures are built once), the finished
+    study's users on one worker (the session fixture is built once), and the Ray tests on
+    one worker (one local Ray cluster at a time on a 2-core machine)."""
     for item in items:
-        if "finished_study" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "finished_study" in names:
             item.add_marker(pytest.mark.slow)
+            group = "finished_study"
+        elif "ray" in item.name.split("[")[0].split("_"):
+            group = "ray"
+        else:
+            group = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 TINY_SPACE = """\

@@ -238,6 +238,11 @@ studies_dir: {studies}
 """
 
 
+def _tagged(trials: dict, tag: str) -> int:
+    """The number of the trial tagged ``tag``."""
+    return next(n for n, t in trials.items() if t.user_attrs.get("tag") == tag)
+
+
 @pytest.fixture(scope="module")
 def int8_study(tmp_path_factory):
     """A finished tiny search in the onnxruntime-int8 runtime."""
@@ -281,7 +286,8 @@ def test_a_search_in_the_int8_runtime_records_it_and_exports_what_it_measured(in
         assert a["latency_runtime"].endswith(features_label())
         assert a["cpu_features"] == (list(cpu_features()) if cpu_features() is not None
                                      else None)
-    for number in (1, 2):  # the seeds: every block at 8 bits, every block at 4 bits
+    # the anchors (the space's seeds too): every block at 8 bits, every block at 4 bits
+    for number in (_tagged(trials, "anchor bits=8"), _tagged(trials, "anchor bits=4")):
         a = trials[number].user_attrs
         card = export_trial(space, number, root / f"exp{number}", log=lambda m: None)
         cards[number] = card
@@ -311,7 +317,8 @@ def test_the_card_accuracy_comes_from_the_file(int8_study, monkeypatch):
     from searchcomp.results.export import export_trial
 
     space, root, trials, cards, _ = int8_study
-    good = cards.get(1) or export_trial(space, 1, root / "good", log=lambda m: None)
+    n8 = _tagged(trials, "anchor bits=8")
+    good = cards.get(n8) or export_trial(space, n8, root / "good", log=lambda m: None)
     serialize = formats.serialize
 
     def broken(model, fmt, *args, **kwargs):
@@ -327,7 +334,7 @@ def test_the_card_accuracy_comes_from_the_file(int8_study, monkeypatch):
         return proto.SerializeToString()
 
     monkeypatch.setattr(formats, "serialize", broken)
-    card = export_trial(space, 1, root / "broken", log=lambda m: None)
+    card = export_trial(space, n8, root / "broken", log=lambda m: None)
     for split in ("test_accuracy", "val_accuracy"):
         # chance is 0.1; the tiny base is weak (about 0.45 after fp32 training), and the
         # good file keeps what the trial measured (the other test holds the gap <= 2 pt)

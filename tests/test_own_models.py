@@ -34,7 +34,7 @@ blocks:
   per_block: {{"features.[23]": {{conv: [keep, meta:4]}}}}   # local fits cost time: two blocks
 finetune: {{steps: 2}}
 measure: {{runs: 30, warmup: 1}}
-search: {{trials: 2, seed_configs: [{{conv: meta:4, prune: 0.5, bits: 8}}]}}
+search: {{trials: 2, anchors: false, seed_configs: [{{conv: meta:4, prune: 0.5, bits: 8}}]}}
 studies_dir: {studies}
 """
 
@@ -51,7 +51,7 @@ blocks:
   head: [keep, meta:2]
 finetune: {{steps: 2}}
 measure: {{runs: 30, warmup: 1}}
-search: {{trials: 2, seed_configs: [{{conv: meta:4, prune: 0.5, bits: 8, head: meta:2}}]}}
+search: {{trials: 2, anchors: false, seed_configs: [{{conv: meta:4, prune: 0.5, bits: 8, head: meta:2}}]}}
 studies_dir: {studies}
 """
 

@@ -67,7 +67,7 @@ blocks:
   default: {{conv: [keep, lowrank:4], bits: [32, 8]}}
 finetune: {{steps: 2}}
 measure: {{runs: 30, warmup: 1}}
-search: {{trials: 3, seed_configs: [{{conv: lowrank:4}}]}}
+search: {{trials: 3, anchors: false, seed_configs: [{{conv: lowrank:4}}]}}
 studies_dir: {studies}
 """
 

@@ -139,8 +139,9 @@ def test_profile_command_then_surrogate_run_and_report(tmp_path, capsys, monkeyp
     # what the other tests and the bench use)
     ray = ["--backend", "ray", "--concurrency", "2"] if RAY else []
     monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # no anchors: the base first, then two trials the sampler proposes
     assert main(["run", str(spec), "--sampler", "surrogate", "--quiet", "--trials", "3",
-                 *ray]) == 0
+                 "--set", "search.anchors=false", *ray]) == 0
     err = capsys.readouterr().err
     assert "profile:" not in err  # the table was reused
     assert ("up to 2 trials at once" in err) is bool(RAY)

@@ -95,7 +95,7 @@ base: {{source: train, epochs: 1}}
 blocks: {{select: ["0", "1"], default: {{conv: [keep, separable, bugsim]}}}}
 finetune: {{steps: 1}}
 measure: {{runs: 30, warmup: 1}}
-search: {{trials: 4, seed_configs: [{{conv: bugsim}}]}}
+search: {{trials: 4, anchors: false, seed_configs: [{{conv: bugsim}}]}}
 studies_dir: {studies}
 """
 

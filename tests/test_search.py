@@ -65,7 +65,9 @@ def test_whole_run_stores_trials_and_a_true_front(tmp_path, capsys):
     assert summary.done == 5
     study = open_study(space, load_only=True)
     trials = study.get_trials()
-    assert [t.user_attrs.get("tag") for t in trials[:2]] == ["base", "uniform conv=separable"]
+    # the base, then the anchors: the greedy rule's swap first (the space's own seed
+    # {conv: separable} is the same recipe, so it is not queued twice)
+    assert [t.user_attrs.get("tag") for t in trials[:2]] == ["base", "anchor conv=separable"]
     t0 = trials[0]
     assert t0.user_attrs["recipe"] == {"blocks": {}, "head": "keep"}
     for key in ("accuracy", "params", "size_mib", "latency_ms", "flops", "init_errors",
@@ -234,7 +236,10 @@ def test_interrupted_seed_is_queued_again(tmp_path):
     space = load_space(_space_file(tmp_path, steps=1))
     ctx = prepare(space, progress=False, log=_quiet)
     study = open_study(space)
-    assert enqueue_seeds(study, ctx) == 2  # the base and {conv: separable}
+    from searchcomp.search.seeds import anchor_recipes
+
+    # the base and the anchors ({conv: separable}, the space's seed, is an anchor already)
+    assert enqueue_seeds(study, ctx) == 1 + len(anchor_recipes(ctx))
     assert enqueue_seeds(study, ctx) == 0  # already queued
     base = study.ask()  # as a run would, then Ctrl-C: Optuna marks it FAIL, not counted
     study.tell(base, state=TrialState.FAIL)
@@ -252,7 +257,10 @@ def test_seeds_queued_only_as_far_as_the_budget_has_room(tmp_path):
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs["tag"] for t in waiting] == ["base"]
     assert enqueue_seeds(study, ctx, n_trials=1) == 0  # the queued base takes the room
-    assert enqueue_seeds(study, ctx, n_trials=5) == 1  # a larger budget: the rest
+    from searchcomp.search.seeds import anchor_recipes
+
+    n = len(anchor_recipes(ctx))
+    assert enqueue_seeds(study, ctx, n_trials=n + 1) == n  # a larger budget: the rest
 
 
 def test_changing_constraints_on_a_study_is_refused(tmp_path):

@@ -2,9 +2,11 @@
 baselines (the *anchors*: what a practitioner tries first, every block alike) and the space's
 own uniform seed configurations, queued once (idempotent under the study lock).
 
-Anchors (``search.anchors``, on by default): every block at each allowed prune ratio, at each
-allowed bit width, every block ``separable`` when allowed, and in the ``onnxruntime-int8``
-runtime the all-8-bit base. They run at full fidelity in every strategy, are marked
+Anchors (``search.anchors``, on by default): what each axis offers as a one-minute baseline
+(:meth:`searchcomp.choices.axes.Axis.anchors`), every block alike: the greedy rule's conv
+swap when allowed, each allowed prune ratio, each allowed bit width, the stage widths (with
+``prune`` at the ratios both offer: a uniform whole-network pruner such as Torch-Pruning's),
+and in the ``onnxruntime-int8`` runtime the all-8-bit base. They run at full fidelity in every strategy, are marked
 ``anchor`` (the ``strategy`` and ``tag`` user attributes) and count toward the budget like
 any trial: the search's front has to beat them, not just contain the base.
 """
@@ -27,29 +29,33 @@ __all__ = ["anchor_recipes", "enqueue_seeds"]
 
 
 def anchor_recipes(ctx: TrialContext) -> list[tuple[str, Recipe]]:
-    """The anchors of ``ctx``'s space (see the module docstring), as (tag, recipe)."""
+    """The anchors of ``ctx``'s space (see the module docstring), as (tag, recipe): each
+    axis' :meth:`~searchcomp.choices.axes.Axis.anchors`, every block alike."""
     from searchcomp.candidate import uniform_recipe
-    from searchcomp.config import FLOAT_BITS, NEUTRAL
+    from searchcomp.choices import axes
+    from searchcomp.config import FLOAT_BITS
 
-    def allowed(choice: str) -> list:
+    allowed: dict[str, list] = {}
+    for a in axes.all_axes():
         seen: dict = {}
         for b in ctx.blocks:
-            for v in getattr(b.choices, choice):
-                if v != NEUTRAL[choice]:
+            for v in b.values().get(a.name, []):
+                if v != a.neutral:
                     seen[v] = True
-        return list(seen)
+        allowed[a.name] = list(seen)
+
+    def tag(values: dict) -> str:
+        return "anchor " + " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                    for k, v in values.items())
 
     out: list[tuple[str, Recipe]] = []
-    for ratio in allowed("prune"):
-        out.append((f"anchor prune={ratio:g}", uniform_recipe(ctx.blocks, prune=ratio)))
-    bits = allowed("bits")
-    if ctx.int8_scheme is not None and 8 not in bits:
+    if ctx.int8_scheme is not None and 8 not in allowed.get("bits", []):
         out.append(("anchor bits=8 (int8)", Recipe({b.name: {"bits": 8} for b in ctx.blocks})))
-    for width in bits:
-        if width != FLOAT_BITS:
-            out.append((f"anchor bits={width}", uniform_recipe(ctx.blocks, bits=width)))
-    if "separable" in allowed("conv"):
-        out.append(("anchor conv=separable", uniform_recipe(ctx.blocks, conv="separable")))
+    for a in axes.all_axes():
+        for values in a.anchors(allowed):
+            if values.get("bits") == FLOAT_BITS:
+                continue
+            out.append((tag(values), uniform_recipe(ctx.blocks, **values)))
     return out
 
 

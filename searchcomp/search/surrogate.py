@@ -6,7 +6,8 @@ exactly (latency from the per-block table) and predicts its validation accuracy 
 sensitivity table, corrected by the finished trials. Each new trial gets the recipe, never
 run before, with the largest EHVI over the front of the measured trials (plus the predicted
 points of trials still running elsewhere). Being a ``BaseSampler`` it works with every
-storage, resume, several workers, Ray's ``OptunaSearch`` and the dashboard. Until
+storage, resume, several workers, the Ray backend (whose searcher asks the study) and the
+dashboard. Until
 :meth:`SurrogateSampler.attach` gives it a predictor, it samples at random.
 """
 

@@ -148,6 +148,12 @@ class Axis(ABC):
         ``replace`` (the layer is replaced by the value) or ``bits`` (its weights' width)."""
         return {}
 
+    def anchors(self, allowed: dict[str, list]) -> list[dict[str, Any]]:
+        """The one-minute baselines this axis gives a study (``search.anchors``): each a set
+        of values applied to every block alike. ``allowed``: per axis, the values other than
+        the neutral one that some block allows. Default: each of this axis' values alone."""
+        return [{self.name: v} for v in allowed.get(self.name, [])]
+
     def latency_key(self, value: Any, runtime: str) -> Any:
         """What the latency table times of a value in ``runtime``: the value itself, or the
         neutral one where the value cannot change latency (bits in a float runtime)."""

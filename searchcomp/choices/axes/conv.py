@@ -40,6 +40,16 @@ class Conv(Axis):
     def heat(self, value: Any) -> None:
         return None  # drawn by the kind of layer choice
 
+    def anchors(self, allowed: dict[str, list]) -> list[dict[str, Any]]:
+        """Only the swap the greedy rule makes (the choice declaring ``greedy_swap``), every
+        block alike: what a practitioner tries first."""
+        out = []
+        for v in allowed.get(self.name, []):
+            name, _arg = choices.parse_value(str(v), "conv")
+            if getattr(choices.get(name, "conv"), "greedy_swap", False):
+                out.append({self.name: v})
+        return out
+
     def narrow(self, ctx: Any) -> None:
         for d in ctx.blocks:
             for value in ctx.values(d, self.name):

@@ -55,6 +55,14 @@ class Width(Axis):
     color = "#2f8f5b"
     heat_max = 0.9
 
+    def anchors(self, allowed: dict[str, list]) -> list[dict[str, Any]]:
+        """At each ratio ``prune`` offers too, both together: every conv's filters, the
+        residual channels included — what a uniform whole-network pruner (Torch-Pruning's
+        ``MagnitudePruner`` at one ratio) gives; each other value alone."""
+        ratios = allowed.get("prune", [])
+        return [{"prune": v, self.name: v} if v in ratios else {self.name: v}
+                for v in allowed.get(self.name, [])]
+
     def parse(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not 0.0 <= value < 1.0:
