@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Recipe
 from searchcomp.choices.actquant import INPUT, OUTPUT, calibrate_activations
 from searchcomp.choices.quant import quantized_tensors
 from searchcomp.config import Space
@@ -178,10 +178,7 @@ def _export(space: Space, frozen, folder: Path, fmt: str, epochs: float, study: 
     weights = _weights_file(a.get("weights"), ctx.weights_dir)
     torch.manual_seed(seed)
     # with stored weights to load, the replacements need their shapes, not their init
-    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=weights is None, int8=scheme)
+    built = ctx.build(recipe, init=weights is None, int8=scheme)
     model = built.model
     if weights is None:
         log(f"trial {number}: its fine-tuned weights ({a.get('weights')}) are missing; "

@@ -75,6 +75,18 @@ class TrialContext:
         name = (attrs or {}).get("int8_scheme")
         return get_scheme(name) if name else self.int8_scheme
 
+    def build(self, recipe: Any, *, init: bool = True, int8: Any = "study") -> Any:
+        """:func:`searchcomp.candidate.build` of ``recipe`` on this context's base, with the
+        space's pruning settings; ``int8``: the scheme to simulate (default the study's;
+        None: none)."""
+        from searchcomp.candidate import build
+
+        space = self.space
+        return build(self.base, recipe, self.blocks, self.head_name, self.calib,
+                     prune_criterion=space.finetune.prune_criterion,
+                     grad_batches=self.grad_batches, prune_round_to=space.blocks.prune_round_to,
+                     init=init, int8=self.int8_scheme if int8 == "study" else int8)
+
     @property
     def axes(self) -> list[str]:
         """The axes every summary line of this space shows (see

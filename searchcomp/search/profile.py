@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Recipe
 from searchcomp.choices import axes
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
@@ -103,10 +103,7 @@ def profile_row(ctx: TrialContext, block: str, choice: str, value: Any) -> dict[
     recipe = single_change(block, choice, value)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  int8=ctx.int8_scheme)
+    built = ctx.build(recipe)
     steps = space.profile.steps
     if steps:
         cfg = space.finetune.model_copy(update={"steps": steps, "min_accuracy": None})

@@ -27,7 +27,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Recipe
 from searchcomp.config import Space
 from searchcomp.search.context import measure_model
 from searchcomp.search.front import pareto_front
@@ -70,12 +70,8 @@ def original_rows(study: optuna.Study, objectives: list[str]) -> dict[int, dict[
 def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[str, Any]:
     """Rebuild a trial (base + recipe + stored weights, as export does) and measure it."""
     a = frozen.user_attrs if isinstance(frozen, FrozenTrial) else frozen
-    space = ctx.space
     torch.manual_seed(int(a.get("seed", 0)))
-    built = build(ctx.base, Recipe.from_dict(a["recipe"]), ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  init=False, int8=ctx.scheme_for(a))
+    built = ctx.build(Recipe.from_dict(a["recipe"]), init=False, int8=ctx.scheme_for(a))
     weights = Path(a.get("weights") or "")
     for p in (weights, ctx.weights_dir / weights.name):
         if weights.name and p.is_file():

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from searchcomp.candidate import Recipe, build
+from searchcomp.candidate import Recipe
 from searchcomp.choices.actquant import calibrate_activations
 from searchcomp.config import Space
 from searchcomp.search.context import TrialContext, measure_model
@@ -189,10 +189,7 @@ def run_rungs(ctx: TrialContext, recipe: Recipe, seed: int, trial_id: str, plan:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    built = build(ctx.base, recipe, ctx.blocks, ctx.head_name, ctx.calib,
-                  prune_criterion=space.finetune.prune_criterion,
-                  grad_batches=ctx.grad_batches, prune_round_to=space.blocks.prune_round_to,
-                  int8=ctx.int8_scheme)
+    built = ctx.build(recipe)
     after_build = torch.get_rng_state()  # the full rung fine-tunes as a search trial would
     seconds["build"] = time.perf_counter() - t0
     if costs is None:
