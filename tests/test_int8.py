@@ -227,7 +227,10 @@ INT8_SPACE = """\
 name: tiny-int8
 model: {{arch: resnet18, num_classes: 10, in_channels: 1, image_size: 8}}
 data: {{dataset: digits, train_size: 400, val_size: 400, test_size: 300, batch_size: 50}}
-base: {{source: train, epochs: 2}}
+# 5 epochs: 0.92-0.93 validation accuracy in fp32 and bf16, 1 or 2 threads; 2 epochs gave
+# 0.24-0.67 by precision and threads (measured on an AMD EPYC, 2026-12-04), too weak for
+# the accuracy checks below, for the same ~25 s
+base: {{source: train, epochs: 5}}
 blocks:
   default: {{conv: [keep, separable], prune: [0.0], bits: [32, 8, 4]}}
   head: [keep]
@@ -336,10 +339,10 @@ def test_the_card_accuracy_comes_from_the_file(int8_study, monkeypatch):
     monkeypatch.setattr(formats, "serialize", broken)
     card = export_trial(space, n8, root / "broken", log=lambda m: None)
     for split in ("test_accuracy", "val_accuracy"):
-        # chance is 0.1; the tiny base is weak (about 0.45 after fp32 training), and the
-        # good file keeps what the trial measured (the other test holds the gap <= 2 pt)
+        # chance is 0.1; the base scores about 0.9 (see INT8_SPACE), and the good file keeps
+        # what the trial measured (the other test holds the gap <= 2 pt)
         assert card["exported"][split] < 0.2 and card["base"][split] < 0.2  # written alike
-        assert good["exported"][split] >= card["exported"][split] + 0.15
+        assert good["exported"][split] >= card["exported"][split] + 0.4
         assert good["base"][split] >= card["base"][split] + 0.15
     assert card["accuracy_gap_flag"] and "more than 0.5 pt" in card["accuracy_gap_note"]
     assert "**Accuracy gap:**" in (root / "broken" / "card.md").read_text()
