@@ -271,3 +271,36 @@ def test_changing_constraints_on_a_study_is_refused(tmp_path):
     other = load_space(space.file, ["constraints.max_params=5000000"])
     with pytest.raises(SearchcompError, match="constraints"):
         open_study(other)
+
+
+def test_a_compute_budget_sizes_the_sampler(tmp_path, monkeypatch):
+    """A budget of full fine-tunes ends a ``search`` before ``--trials``: NSGA-II's population
+    and TPE's start-up follow the budget (sized on 400 trials, a budget of 20 gave NSGA-II a
+    population of 50, so it never bred)."""
+    import searchcomp.search.api as api
+    from searchcomp.search.samplers import make_sampler
+
+    assert api.sampler_trials(400, "search", 20) == 20
+    assert api.sampler_trials(400, "search", 2.5) == 3
+    assert api.sampler_trials(10, "search", 20) == 10
+    assert api.sampler_trials(400, "search", None) == 400
+    assert api.sampler_trials(400, "rungs", 20) == 400  # rungs: many more candidates
+    seen = {}
+
+    class Opened(Exception):
+        pass
+
+    real = api.open_study
+
+    def opened(*args, **kwargs):
+        if kwargs.get("load_only"):  # the stored base, looked up first
+            return real(*args, **kwargs)
+        seen.update(kwargs)
+        raise Opened
+
+    monkeypatch.setattr(api, "open_study", opened)
+    space = load_space(_space_file(tmp_path, steps=1))
+    with pytest.raises(Opened):
+        run_search(space, trials=400, budget=20, quiet=True, log=_quiet)
+    assert seen["n_trials"] == 20
+    assert make_sampler("nsga2", 0, seen["n_trials"], None)._population_size == 5
