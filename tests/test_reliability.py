@@ -67,7 +67,11 @@ def _cli(spec: Path, *args: str) -> list[str]:
 
 
 def _key(t: optuna.trial.FrozenTrial) -> tuple:
-    return tuple(sorted(t.params.items()))
+    """The choices of ``t``; for a queued trial (an anchor, a retry) killed before it
+    suggested them, the ones it was given."""
+    from searchcomp.search.states import trial_params
+
+    return tuple(sorted(trial_params(t).items()))
 
 
 def _quiet(_msg: str) -> None:

@@ -69,6 +69,12 @@ def original_rows(study: optuna.Study, objectives: list[str]) -> dict[int, dict[
 
 def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[str, Any]:
     """Rebuild a trial (base + recipe + stored weights, as export does) and measure it."""
+    return _time(ctx, rebuild_trial(ctx, frozen))
+
+
+def rebuild_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> torch.nn.Module:
+    """A trial's network rebuilt from the base, its recipe and its stored weights (when the
+    file is still there), in eval mode."""
     a = frozen.user_attrs if isinstance(frozen, FrozenTrial) else frozen
     torch.manual_seed(int(a.get("seed", 0)))
     built = ctx.build(Recipe.from_dict(a["recipe"]), init=False, int8=ctx.scheme_for(a))
@@ -79,7 +85,7 @@ def time_trial(ctx: TrialContext, frozen: FrozenTrial | dict[str, Any]) -> dict[
                 built.model.load_state_dict(torch.load(p, map_location="cpu",
                                                        weights_only=True))
             break
-    return _time(ctx, built.model.eval())
+    return built.model.eval()
 
 
 def _time(ctx: TrialContext, model: torch.nn.Module) -> dict[str, Any]:
