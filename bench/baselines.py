@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import statistics
@@ -121,11 +122,22 @@ def at(points, x: float, axis: int = 0) -> float:
     return hv
 
 
+def candidates(rows) -> list[dict]:
+    """The rows a front is drawn from: complete trials that are not copies of another."""
+    return [r for r in rows if r["state"] == "complete" and r.get("duplicate_of") is None]
+
+
 def front_rows(rows, objectives):
     from searchcomp.search.front import pareto_front
 
-    return pareto_front([r for r in rows if r["state"] == "complete"
-                         and r.get("duplicate_of") is None], objectives)
+    return pareto_front(candidates(rows), objectives)
+
+
+def fair_front(rows, objectives, fair, strategy, i) -> list[dict]:
+    """The front of a study's trials with their latency timed again (:func:`fair_latency`):
+    a trial another beat only by a noisy latency of its own run comes back."""
+    return front_rows(with_fair(candidates(rows), fair, lambda q: (strategy, i, q["trial"])),
+                      objectives)
 
 
 def dominated(front, points, objectives) -> int:
@@ -167,9 +179,11 @@ def tp_points(space, seed: int, runtime: str) -> list[dict]:
         if runtime == "onnxruntime-int8":
             met = ort_static_int8(model, shape, ctx, space)
             met["accuracy"] = met.pop("file_accuracy")
+            met["_arch"] = "onnxruntime quantize_static " + architecture(model)
         else:
             met = measure_model(model, space, torch.device("cpu"), ctx.calib)
             met["accuracy"] = acc
+            met["_arch"] = architecture(model)
             met["_timer"] = (lambda m=model: measure_model(m, space, torch.device("cpu"),
                                                            ctx.calib)["latency_ms"])
         out.append({"trial": f"tp{ratio:g}", "state": "complete", "ratio": ratio,
@@ -178,35 +192,48 @@ def tp_points(space, seed: int, runtime: str) -> list[dict]:
 
 
 def fair_latency(space, per, tps, rounds: int) -> dict[tuple, float]:
-    """Every final front point of every study and every Torch-Pruning point timed again in
-    one process, interleaved: ``rounds`` rounds, each timing every model once (the space's
-    runs), the median of the round medians kept. Points measured at different times under
-    different load are not comparable to a few percent; identical networks must come out
-    alike. Keys: ``(strategy, seed index, trial)`` and ``("tp", seed index, ratio)``."""
+    """Every complete trial of every study and every Torch-Pruning point timed again in
+    one process, interleaved: ``rounds`` rounds, each timing every distinct architecture once
+    (the space's runs), the median of the round medians kept. Points measured at different
+    times under different load are not comparable to a few percent, and even interleaved, two
+    copies of one network differed by up to 10 % (run to run at batch 1, 1 thread): so each
+    architecture (:func:`architecture`) is timed once and its figure given to every point that
+    has it, e.g. the anchor ``prune=0.5 width=0.5`` and Torch-Pruning's uniform 0.5. Keys: ``(strategy, seed index, trial)`` and ``("tp", seed index, ratio)``."""
     from searchcomp.search.context import measure_model
     from searchcomp.search.remeasure import rebuild_trial
     from searchcomp.search.trial import prepare
 
-    objectives = list(space.objectives)
-    timers = {}
+    timers: dict[str, object] = {}  # architecture signature -> its timer
+    arch: dict[tuple, str] = {}     # point key -> architecture signature
     for i, tp_rows in enumerate(tps):
         for t in tp_rows:
-            timers[("tp", i, t["ratio"])] = t["_timer"]
+            arch[("tp", i, t["ratio"])] = t["_arch"]
+            timers.setdefault(t["_arch"], t["_timer"])
     ctx = prepare(space, progress=False, log=lambda m: None, study_name="bl-fair")
     for strategy, runs in per.items():
         for i, r in enumerate(runs):
             attrs = {x["trial"]: x["attrs"] for x in r["rows"]}
-            for q in front_rows(r["rows"], objectives):
+            for q in candidates(r["rows"]):
                 model = rebuild_trial(ctx, attrs[q["trial"]])
-                timers[(strategy, i, q["trial"])] = (
-                    lambda m=model: measure_model(m, space, torch.device("cpu"),
-                                                  ctx.calib)["latency_ms"])
-    log(f"fair latency: {len(timers)} models, {rounds} interleaved rounds")
-    seen: dict[tuple, list[float]] = {k: [] for k in timers}
+                sig = architecture(model)
+                arch[(strategy, i, q["trial"])] = sig
+                timers.setdefault(sig, lambda m=model: measure_model(
+                    m, space, torch.device("cpu"), ctx.calib)["latency_ms"])
+    log(f"fair latency: {len(arch)} points, {len(timers)} distinct architectures, {rounds} "
+        "interleaved rounds")
+    seen: dict[str, list[float]] = {k: [] for k in timers}
     for _ in range(rounds):
         for k, timer in timers.items():
             seen[k].append(timer())
-    return {k: statistics.median(v) for k, v in seen.items()}
+    return {key: statistics.median(seen[sig]) for key, sig in arch.items()}
+
+
+def architecture(model: torch.nn.Module) -> str:
+    """What a network's latency depends on: its modules (with their strides, groups, bit
+    widths as ``repr`` shows them) and every tensor's shape, not the weights' values. Two
+    networks with one signature are the same program and are timed once."""
+    shapes = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+    return hashlib.sha1(f"{model!r}{shapes}".encode()).hexdigest()
 
 
 def ort_static_int8(model, shape, ctx, space) -> dict:
@@ -333,19 +360,22 @@ def report(runtime, space, per, tps, args, fair) -> None:
         for i, (r, tp_rows) in enumerate(zip(runs, tps, strict=True)):
             points = with_fair(tp_rows, fair, lambda t, i=i: ("tp", i, t["ratio"]))
             if runtime == "onnxruntime-int8":
-                points += [x for x in r["rows"] if x.get("tag") in ("anchor bits=8",
-                                                                    "anchor bits=8 (int8)")]
-            front = with_fair(front_rows(r["rows"], objectives), fair,
-                              lambda q, i=i, s=strategy: (s, i, q["trial"]))
+                points += with_fair([x for x in r["rows"] if x.get("tag") in (
+                    "anchor bits=8", "anchor bits=8 (int8)")], fair,
+                    lambda q, i=i, s=strategy: (s, i, q["trial"]))
+            front = fair_front(r["rows"], objectives, fair, strategy, i)
             beat.append(f"{dominated(front, points, objectives)}/{len(points)}")
-        fr = [len(front_rows(r["rows"], objectives)) for r in runs]
+        fr = [len(fair_front(r["rows"], objectives, fair, strategy, i))
+              for i, r in enumerate(runs)]
         print(f"{strategy:<10} {_ms(hv):>15} {_ms(quarter):>15} {statistics.mean(used):8.1f} "
               f"{_reach(reach):>13} {_ms(wall_hv) if wall_hv else '-':>18} "
               f"{','.join(beat):>13} {statistics.mean(fr):5.1f} "
               f"{statistics.mean(len(r['rows']) for r in runs):6.1f} "
               f"{statistics.mean(r['curve'][-1][1] if r['curve'] else 0 for r in runs):7.0f}")
-    print(f"beats TP/int8: baseline points a front dominates, latency of both timed again "
-          f"interleaved in one process ({args.rounds} rounds, median)")
+    print(f"beats TP/int8: baseline points a front dominates; front, front size and these "
+          f"with every trial's and baseline's latency timed again, per architecture, "
+          f"interleaved in one process ({args.rounds} rounds, median); hypervolumes with each "
+          f"run's own latencies")
     for i, (seed, tp_rows) in enumerate(zip(args.seeds, tps, strict=True)):
         for t in tp_rows:
             lat = fair[("tp", i, t["ratio"])]
@@ -353,8 +383,7 @@ def report(runtime, space, per, tps, args, fair) -> None:
                   f"{t['size_mib']:.2f} MiB {lat:.2f} ms (in its run {t['latency_ms']:.2f});"
                   " nearest front point at >= its accuracy:")
             for strategy, runs in per.items():
-                front = with_fair(front_rows(runs[i]["rows"], objectives), fair,
-                                  lambda q, s=strategy, i=i: (s, i, q["trial"]))
+                front = fair_front(runs[i]["rows"], objectives, fair, strategy, i)
                 up = [q for q in front if q["accuracy"] >= t["accuracy"]]
                 if not up:
                     print(f"    {strategy:<10} none")

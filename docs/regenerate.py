@@ -35,7 +35,7 @@ SPACE = "spaces/resnet18-fashion.yaml"
 STUDY = "resnet18-fashion-quick"
 #: extra arguments of the docs' search (none: exactly the quick start's command, a few
 #: minutes on 2 quiet cores; e.g. "--trials 6 --set finetune.steps=10" on a busy machine)
-RUN_ARGS = "--trials 6 --set finetune.steps=10"
+RUN_ARGS = ""
 
 
 def cpu_line() -> str:
