@@ -1,6 +1,6 @@
 """Real int8 on this CPU: the fp32 base, the int8 base and an onnxruntime-int8 search's front.
 
-    python bench/deploy.py [--budget 10] [--strategy rungs] [--steps 150]
+    python bench/deploy.py [--budget 40] [--strategy search] [--steps 150]
                            [--train-size 20000] [--epochs 4] [--image-size 28] [--runs 100]
                            [--seeds] [--set KEY=VALUE ...]
 
@@ -67,9 +67,9 @@ def log(msg: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="spaces/resnet18-fashion.yaml")
-    p.add_argument("--budget", type=float, default=10.0,
+    p.add_argument("--budget", type=float, default=40.0,
                    help="compute, in full fine-tunes (the anchors count)")
-    p.add_argument("--strategy", choices=["rungs", "search"], default="rungs")
+    p.add_argument("--strategy", choices=["rungs", "search"], default="search")
     p.add_argument("--seeds", action="store_true",
                    help="also queue the hand-placed recipes of earlier runs (labelled)")
     p.add_argument("--steps", type=int, default=150, help="fine-tune steps per trial")
