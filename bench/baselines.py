@@ -198,7 +198,8 @@ def fair_latency(space, per, tps, rounds: int) -> dict[tuple, float]:
     times under different load are not comparable to a few percent, and even interleaved, two
     copies of one network differed by up to 10 % (run to run at batch 1, 1 thread): so each
     architecture (:func:`architecture`) is timed once and its figure given to every point that
-    has it, e.g. the anchor ``prune=0.5 width=0.5`` and Torch-Pruning's uniform 0.5. Keys: ``(strategy, seed index, trial)`` and ``("tp", seed index, ratio)``."""
+    has it, e.g. the anchor ``prune=0.5 width=0.5`` and Torch-Pruning's uniform 0.5.
+    Keys: ``(strategy, seed index, trial)`` and ``("tp", seed index, ratio)``."""
     from searchcomp.search.context import measure_model
     from searchcomp.search.remeasure import rebuild_trial
     from searchcomp.search.trial import prepare
