@@ -20,8 +20,9 @@ onnxruntime's own ``quantize_static``, QDQ, per channel, calibrated on the same 
 Prints the CPU and versions, and per runtime: the hypervolume (mean +- sd over seeds) at the
 budget and at a quarter of it, the compute each strategy needed to reach NSGA-II's final
 mean hypervolume, the hypervolume at NSGA-II's mean wall time, how many of the baseline
-points (the Torch-Pruning points and, in int8, the all-8-bit base) each front dominates,
-and the Kendall tau of rung-0 and rung-1 accuracy against full accuracy over the rungs
+points (the Torch-Pruning points and, in int8, the all-8-bit base) each front dominates
+(fronts and baselines with every distinct architecture timed again, interleaved:
+:func:`fair_latency`), and the Kendall tau of rung-0 and rung-1 accuracy against full accuracy over the rungs
 studies' trials that have both; writes a plotly HTML of hypervolume against compute.
 """
 
